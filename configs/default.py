@@ -1,0 +1,85 @@
+"""The one default every dataset config layers on: the FITYMI paper's recipe on GPU.
+
+Detector facts: Mirzaei et al., ICLR 2023 (authors' code). Score-model facts: Song et al. 2021,
+VP-SDE "DDPM++ continuous" CIFAR-10 recipe.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 0
+    c.device = "auto"  # auto, cpu, cuda, cuda:N
+
+    c.data = d = ConfigDict()
+    d.name = "cifar10"
+    d.normal_class = "0"  # index or name; an MVTec category; a folder dataset's train/<class>
+    d.root = ""
+    d.download = False
+    d.image_size = 32  # side at which images are stored and the score model works (stored square)
+
+    # Generate stage: the VP-SDE and its score network.
+    c.sde = s = ConfigDict()
+    s.beta_min = 0.1
+    s.beta_max = 20.0
+    s.num_scales = 1000
+
+    c.model = m = ConfigDict()  # DDPM++ U-Net
+    m.nf = 128
+    m.ch_mult = (1, 2, 2, 2)
+    m.num_res_blocks = 4
+    m.attn_resolutions = (16,)
+    m.dropout = 0.1
+    m.skip_rescale = True
+    m.resblock_resample = True  # BigGAN-style up/down-sampling residual blocks
+    m.ema_rate = 0.9999
+
+    c.training = t = ConfigDict()
+    t.batch_size = 128
+    t.n_iters = 20000
+    t.snapshot_iters = (2500, 5000, 10000, 15000, 20000)  # the early-stop candidates
+    t.lr = 2e-4
+    t.warmup = 5000
+    t.grad_clip = 1.0
+    t.eps = 1e-5  # smallest t in denoising score matching
+    t.log_every = 100
+    t.amp = True  # bf16 autocast on GPU
+
+    c.sampling = p = ConfigDict()
+    p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim
+    p.corrector = "none"  # none, langevin
+    p.snr = 0.16
+    p.corrector_steps = 1
+    p.steps = 100  # predictor steps (ddim: its few steps; ode: ignored, adaptive)
+    p.eps = 1e-3
+    p.denoise = True
+    p.batch_size = 1000
+    p.ode_tol = 1e-5
+
+    c.fakes = f = ConfigDict()
+    f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto'
+    f.count = 0  # 0: as many fakes as normal training images
+    f.path = ""  # use fakes from this .npy instead of generating them
+
+    # Detect stage: the FITYMI discriminator.
+    c.detector = v = ConfigDict()
+    v.backbone = "vit_base_patch16_224"
+    v.pretrained = ""  # Google .npz, .pth/.safetensors, a timm hub name, or 'none'
+    v.needs_pretrained = True  # refuse to run without weights: from scratch ViT-B is poor
+    v.arch = ConfigDict({"patch_size": None, "depth": None, "embed_dim": None, "num_heads": None})
+    v.img_size = 224
+    v.resize = 256  # resize then crop to img_size (random in training, centre at test)
+    v.normalize = "imagenet"  # the authors' choice; 'inception' is mean/std 0.5, as the weights were trained
+    v.frozen_blocks = 6
+    v.epochs = 30
+    v.batch_size = 16
+    v.lr = 4e-4
+    v.weight_decay = 5e-5
+    v.momentum = 0.0
+    v.amp = True
+    v.k = 2
+    v.feature_batch_size = 256
+    v.holdout_fraction = 0.1  # normal training images kept out to set the predict threshold
+    v.threshold_quantile = 0.95
+    return c
