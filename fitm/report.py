@@ -2,15 +2,156 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torchvision.utils
+import csv
+import html
+import json
+from pathlib import Path
 
-from fitm.io import atomic_path
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision.utils  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from fitm.io import atomic_path, save_text  # noqa: E402
+from fitm.runtime import log  # noqa: E402
+
+
+def grid(images: np.ndarray, nrow: int = 10, max_images: int = 100) -> np.ndarray:
+    """One uint8 HWC picture of the first `max_images` uint8 NHWC images."""
+    batch = torch.from_numpy(np.ascontiguousarray(images[:max_images])).permute(0, 3, 1, 2)
+    return torchvision.utils.make_grid(batch, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
 
 
 def save_grid(images: np.ndarray, path, nrow: int = 10, max_images: int = 100) -> None:
-    """A PNG grid of the first `max_images` uint8 NHWC images."""
-    batch = torch.from_numpy(np.ascontiguousarray(images[:max_images])).permute(0, 3, 1, 2)
     with atomic_path(path) as tmp:
-        torchvision.utils.save_image(batch.float() / 255, tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
+        plt.imsave(tmp, grid(images, nrow, max_images), format="png")
+
+
+def _save_figure(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_normal_vs_fakes(normal: np.ndarray, fakes: np.ndarray, path) -> None:
+    """Normal images beside fakes, so a person sees how near the fakes are."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+    for ax, images, title in ((axes[0], normal, f"normal ({len(normal)})"), (axes[1], fakes, f"fakes ({len(fakes)})")):
+        ax.imshow(grid(images, nrow=8, max_images=64), interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    _save_figure(fig, path)
+
+
+def _read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with open(run_dir / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    index = np.array([int(r["index"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    return index, labels, scores
+
+
+def save_roc(scores: np.ndarray, labels: np.ndarray, auroc: float, path) -> None:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {100 * auroc:.1f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, normal vs anomalous")
+    ax.legend(loc="lower right")
+    _save_figure(fig, path)
+
+
+def save_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float | None, path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal test", density=True)
+    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="anomalous test", density=True)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label="predict threshold")
+    ax.set(xlabel="anomaly score (kNN distance)", ylabel="density", title="Scores of the test images")
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def save_extremes(images: np.ndarray, scores: np.ndarray, labels: np.ndarray, path, n: int = 16) -> None:
+    """The most and least anomalous test images, with score and true label."""
+    order = np.argsort(scores)
+    rows = (("most anomalous", order[::-1][:n]), ("least anomalous", order[:n]))
+    fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 3.2), squeeze=False)
+    for r, (title, picks) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(picks):
+                i = picks[c]
+                ax.imshow(images[i], interpolation="nearest")
+                ax.set_title(f"{scores[i]:.3g}\n{'anom' if labels[i] else 'norm'}", fontsize=7,
+                             color="tab:red" if labels[i] else "tab:green")
+        axes[r, 0].text(-0.1, 0.5, title, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
+    _save_figure(fig, path)
+
+
+def draw(run_dir: str | Path, test_images: np.ndarray | None = None) -> list[Path]:
+    """(Re)draw every picture of a run from its files; test images are needed for the extremes picture."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    index, labels, scores = _read_scores(run_dir)
+    save_roc(scores, labels, metrics["auroc"], run_dir / "roc.png")
+    save_histogram(scores, labels, metrics.get("threshold"), run_dir / "scores_hist.png")
+    if test_images is not None:
+        save_extremes(test_images[index], scores, labels, run_dir / "extremes.png")
+    else:
+        log.warning("report: no test images given; extremes.png not redrawn")
+    write_html(run_dir)
+    return sorted(run_dir.glob("*.png"))
+
+
+def _pictures(run_dir: Path) -> list[tuple[str, str]]:
+    named = [
+        ("fakes.png", "Normal training images beside the fakes the detector learned to reject"),
+        ("roc.png", "ROC curve"),
+        ("scores_hist.png", "Anomaly scores of normal and anomalous test images"),
+        ("extremes.png", "Most and least anomalous test images"),
+    ]
+    found = [(name, caption) for name, caption in named if (run_dir / name).exists()]
+    snapshots = sorted(run_dir.glob("sde/samples_*.png"), key=lambda p: int(p.stem.split("_")[-1]))
+    found += [(str(p.relative_to(run_dir)), f"Score-model samples at iteration {p.stem.split('_')[-1]}")
+              for p in snapshots]
+    return found
+
+
+def write_html(run_dir: Path) -> Path:
+    """report.html: the metrics table and every picture of the run on one page."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
+    )
+    figures = "".join(
+        f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+        f"</figcaption></figure>"
+        for src, caption in _pictures(run_dir)
+    )
+    title = f"fitm report: {run_dir.parent.name}/{run_dir.name}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:1em;vertical-align:top}}
+img{{max-width:560px;image-rendering:pixelated}}</style></head>
+<body><h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Pictures</h2>{figures}</body></html>
+"""
+    path = run_dir / "report.html"
+    save_text(page, path)
+    return path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,3 @@
+from fitm.cli import main
+
+main()

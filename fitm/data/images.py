@@ -1,0 +1,83 @@
+"""Image files to uint8 NHWC arrays, and batched resizing of arrays that are already in memory."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fitm.errors import FitmError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Files per thread-pool task: large enough that task overhead vanishes next to decoding.
+_READ_CHUNK = 512
+# Images per interpolation batch: bounds the float copy (1024 x 3 x 256 x 256 floats is 0.8 GB).
+_RESIZE_CHUNK = 1024
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly in `folder`, sorted by name; hidden files (e.g. macOS '._x.png') are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FitmError(f"{folder}: no such folder (expected a folder of images)")
+    paths = sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+    if not paths:
+        raise FitmError(f"{folder}: no images there (expected {', '.join(sorted(IMAGE_EXTENSIONS))} files)")
+    return paths
+
+
+def read_images(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
+    """Decode image files to a uint8 (N, size, size, 3) array: RGB, squashed to a square with an
+    antialiased bilinear resize (images already at size x size keep their exact pixels).
+
+    Large lists are read by a thread pool: PIL releases the GIL while it decodes and resizes."""
+    paths = list(paths)
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+
+    def read_chunk(start: int) -> None:
+        for i in range(start, min(start + _READ_CHUNK, len(paths))):
+            out[i] = _read_one(paths[i], size)
+
+    starts = range(0, len(paths), _READ_CHUNK)
+    if len(starts) <= 1:
+        read_chunk(0)
+    else:
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1, 16)) as pool:
+            list(pool.map(read_chunk, starts))  # list() re-raises the first worker's error
+    return out
+
+
+def _read_one(path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
+            if img.mode not in ("RGB", "L"):
+                img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise FitmError(f"{path}: not a readable image ({e})") from e
+    return pixels[..., None] if pixels.ndim == 2 else pixels  # grayscale broadcasts to 3 channels
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 NHWC images to size x size in batches (bilinear, antialiased as PIL does)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+    for start in range(0, len(images), _RESIZE_CHUNK):
+        batch = torch.from_numpy(images[start:start + _RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + _RESIZE_CHUNK] = batch.round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out

@@ -1,0 +1,19 @@
+"""The detect stage's parts: the ViT discriminator, batched transforms, training, kNN scores, metrics."""
+
+from fitm.detector.backbone import create_backbone, features, freeze
+from fitm.detector.evaluate import metrics, roc_points
+from fitm.detector.knn import knn_scores
+from fitm.detector.train import extract_features, train_discriminator
+from fitm.detector.transforms import BatchTransform
+
+__all__ = [
+    "BatchTransform",
+    "create_backbone",
+    "extract_features",
+    "features",
+    "freeze",
+    "knn_scores",
+    "metrics",
+    "roc_points",
+    "train_discriminator",
+]

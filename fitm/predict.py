@@ -1,0 +1,101 @@
+"""Using a finished run: score new images with its detector, and redraw its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fitm import report
+from fitm.config import load_config
+from fitm.data import list_images, load_split, read_images
+from fitm.detector.backbone import create_architecture
+from fitm.detector.knn import knn_scores
+from fitm.detector.train import extract_features
+from fitm.errors import FitmError
+from fitm.io import save_csv
+from fitm.runtime import log, resolve_device
+
+
+def _require(run_dir: Path, name: str, what: str) -> Path:
+    path = run_dir / name
+    if not path.exists():
+        raise FitmError(f"--run {run_dir}: no {what} ({name} is missing); run `fitm detect` or `fitm pipeline` first")
+    return path
+
+
+def _image_paths(paths: list[Path]) -> list[Path]:
+    found = []
+    for p in paths:
+        if p.is_dir():
+            found += list_images(p)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FitmError(f"{p}: no such file or folder")
+    return found
+
+
+def _read_exact(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
+    """Images as they are; refuse any whose size or channel count differs from the run's."""
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                array = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA", "P") else im)
+        except (UnidentifiedImageError, OSError) as e:
+            raise FitmError(f"{p}: not a readable image ({e.__class__.__name__})") from None
+        got = array.shape if array.ndim == 3 else (*array.shape, 1)
+        if tuple(got) != tuple(shape):
+            raise FitmError(
+                f"{p}: {got[0]}x{got[1]} with {got[2]} channel(s), but this run's images are {shape[0]}x{shape[1]} "
+                f"with {shape[2]} channels (pass --resize to resize and convert)"
+            )
+        images.append(array)
+    return np.stack(images)
+
+
+def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: bool, csv_path: Path):
+    """One row per image: path, score, verdict (anomalous when score > threshold)."""
+    config = load_config(path=str(_require(run_dir, "config.json", "run config")))
+    model_file = _require(run_dir, "detector/model.pt", "trained detector")
+    bank = torch.load(_require(run_dir, "detector/bank.pt", "feature bank"), map_location="cpu",
+                      weights_only=True)
+    used = float(bank["threshold"]) if threshold is None else threshold
+    if np.isnan(used):
+        raise FitmError(f"--run {run_dir}: the run kept no held-out normals for a threshold; pass --threshold")
+    shape = tuple(int(v) for v in bank["image_shape"])
+
+    files = _image_paths(paths)
+    images = read_images(files, shape[0]) if resize else _read_exact(files, shape)
+
+    device = resolve_device(config.device)
+    model = create_architecture(config.detector)
+    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"])
+    model.to(device).eval()
+    features = extract_features(model, images, config.detector, device)
+    scores = knn_scores(features, bank["features"].to(device), config.detector.k).cpu().numpy()
+
+    rows = [
+        {"path": str(p), "score": float(s), "verdict": "anomalous" if s > used else "normal"}
+        for p, s in zip(files, scores)
+    ]
+    save_csv(rows, csv_path)
+    log.info("predict: %d images scored, written to %s", len(rows), csv_path)
+    return rows, used
+
+
+def redraw_report(run_dir: Path) -> Path:
+    """Redraw a run's pictures; the test images come from its dataset when that can still be read."""
+    _require(run_dir, "metrics.json", "metrics")
+    config = load_config(path=str(_require(run_dir, "config.json", "run config")))
+    try:
+        test_images = load_split(config.data).test_images
+    except FitmError as e:
+        log.warning("report: dataset not readable (%s); extremes.png left as it is", e)
+        test_images = None
+    report.draw(run_dir, test_images)
+    return run_dir / "report.html"

@@ -1,0 +1,33 @@
+"""Generate stage: a VP-SDE score model trained on the normal class, and fakes sampled from its snapshots."""
+
+from fitm.sde.losses import dsm_loss, eps_from_score, score_from_eps
+from fitm.sde.sampling import check_sampling_config, sample
+from fitm.sde.sde import VPSDE
+from fitm.sde.train import (
+    ScoreTrainer,
+    checkpoint_path,
+    generate_fakes,
+    load_ema_model,
+    model_eps_fn,
+    to_uint8,
+    train_score_model,
+)
+from fitm.sde.unet import ScoreUNet, count_parameters
+
+__all__ = [
+    "VPSDE",
+    "ScoreTrainer",
+    "ScoreUNet",
+    "check_sampling_config",
+    "checkpoint_path",
+    "count_parameters",
+    "dsm_loss",
+    "eps_from_score",
+    "generate_fakes",
+    "load_ema_model",
+    "model_eps_fn",
+    "sample",
+    "score_from_eps",
+    "to_uint8",
+    "train_score_model",
+]

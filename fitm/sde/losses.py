@@ -1,0 +1,36 @@
+"""Continuous denoising score matching in epsilon form (Song et al. 2021, VP-SDE with likelihood weighting off).
+
+With x_t = a(t) x_0 + s(t) z and t ~ U(eps, 1), the loss is E_t E_z || eps_pred(x_t, t) - z ||^2, summed over
+pixels and averaged over the batch. Writing eps_pred = -s(t) score, this is the score-matching loss
+|| score + z / s(t) ||^2 weighted by lambda(t) = s(t)^2, the weighting the recipe uses."""
+
+from __future__ import annotations
+
+import torch
+
+from fitm.sde.sde import ScoreFn, VPSDE, _bc
+
+
+def score_from_eps(eps_fn: ScoreFn, sde: VPSDE) -> ScoreFn:
+    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -eps_fn(x, t) / _bc(sde.marginal_coeffs(t)[1], x)
+
+    return score_fn
+
+
+def eps_from_score(score_fn: ScoreFn, sde: VPSDE) -> ScoreFn:
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -score_fn(x, t) * _bc(sde.marginal_coeffs(t)[1], x)
+
+    return eps_fn
+
+
+def dsm_loss(
+    eps_fn: ScoreFn, sde: VPSDE, x0: torch.Tensor, generator: torch.Generator | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Scalar loss for a batch of clean data x0; t and z come from `generator` (on x0's device)."""
+    t = torch.rand(x0.shape[0], generator=generator, device=x0.device) * (sde.T - eps) + eps
+    z = torch.randn(x0.shape, generator=generator, device=x0.device)
+    mean, std = sde.marginal_prob(x0, t)
+    pred = eps_fn(mean + std * z, t)
+    return (pred.float() - z).square().flatten(1).sum(1).mean()

@@ -1,0 +1,222 @@
+"""End to end through the `fitm` command on tiny configs: pipeline, detect, predict, report, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fitm.cli import main
+
+TINY = str(Path(__file__).parents[1] / "configs" / "tiny_digits.py")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One tiny digits pipeline shared by the tests that read a finished run."""
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet"])
+    assert exit_info.value.code == 0
+    return out / "digits" / "3"
+
+
+def test_pipeline_writes_every_artifact(digits_run):
+    for name in ["config.json", "fitm.log", "fakes.npy", "fakes.json", "fakes.png", "sde/ckpt_10.pt",
+                 "sde/ckpt_20.pt", "sde/samples_10.png", "sde/samples_20.png", "detector/model.pt",
+                 "detector/bank.pt", "detector/train_log.csv", "scores.csv", "metrics.json", "roc.png",
+                 "scores_hist.png", "extremes.png", "report.html"]:
+        assert (digits_run / name).is_file(), name
+    fakes = np.load(digits_run / "fakes.npy", allow_pickle=False)
+    meta = json.loads((digits_run / "fakes.json").read_text())
+    assert fakes.dtype == np.uint8 and fakes.shape[1:] == (8, 8, 3)
+    assert meta["count"] == len(fakes) and meta["checkpoint"] == "sde/ckpt_10.pt"
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["class"] == "3"
+    with open(digits_run / "scores.csv") as f:
+        assert len(list(csv.DictReader(f))) == metrics["n_test"]
+    # as many fakes as normal training images (bank + held-out normals)
+    config = json.loads((digits_run / "config.json").read_text())
+    n_normal = metrics["n_train"] + round(config["detector"]["holdout_fraction"] * len(fakes))
+    assert len(fakes) == n_normal
+
+
+def test_report_redraws_pictures_and_html(digits_run, capsys):
+    for png in digits_run.glob("*.png"):
+        png.unlink()
+    (digits_run / "report.html").unlink()
+    code, out, _ = run_cli(capsys, "report", str(digits_run))
+    assert code == 0 and "report.html" in out
+    pictures = ["roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png", "sde/samples_20.png"]
+    page = (digits_run / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for name in pictures:
+        assert (digits_run / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert f'src="{name}"' in page, name
+    assert "auroc" in page
+
+
+def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
+    from fitm.data import load_split
+    from fitm.config import load_config
+
+    config = load_config(path=str(digits_run / "config.json"))
+    split = load_split(config.data)
+    normal = split.test_images[split.test_labels == 0][:3]
+    anomalous = split.test_images[split.test_labels == 1][:3]
+    for i, image in enumerate(np.concatenate([normal, anomalous])):
+        write_image(tmp_path / "imgs" / f"{i}.png", image)
+
+    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "imgs"))
+    assert code == 0
+    with open(digits_run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == [f"{i}.png" for i in range(6)]
+    threshold = json.loads((digits_run / "metrics.json").read_text())["threshold"]
+    for r in rows:
+        assert r["verdict"] == ("anomalous" if float(r["score"]) > threshold else "normal")
+        assert Path(r["path"]).name in out
+
+    csv_path = tmp_path / "two.csv"
+    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), "--threshold", "-1", "--csv", str(csv_path),
+                           str(tmp_path / "imgs" / "0.png"), str(tmp_path / "imgs" / "4.png"))
+    assert code == 0
+    with open(csv_path) as f:
+        rows2 = list(csv.DictReader(f))
+    assert [r["verdict"] for r in rows2] == ["anomalous", "anomalous"]
+    assert float(rows2[0]["score"]) == pytest.approx(float(rows[0]["score"]), rel=1e-5)
+
+
+def test_predict_refuses_other_sizes_unless_resized(digits_run, capsys, tmp_path, write_image):
+    write_image(tmp_path / "big.png", np.zeros((12, 12, 3), np.uint8))
+    write_image(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
+    for name, what in (("big.png", "12x12"), ("gray.png", "1 channel")):
+        code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / name))
+        assert code == 2 and name in err and what in err and err.count("\n") == 1
+    code, _, _ = run_cli(capsys, "predict", "--run", str(digits_run), "--resize", str(tmp_path / "big.png"))
+    assert code == 0
+
+
+def test_predict_on_corrupt_image_and_untrained_run(digits_run, capsys, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "bad.png"))
+    assert code == 2 and "bad.png" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "predict", "--run", str(tmp_path), str(tmp_path / "bad.png"))
+    assert code == 2 and "run" in err and err.count("\n") == 1
+
+
+def test_pipeline_is_skipped_when_up_to_date(digits_run, capsys):
+    out = digits_run.parents[1]
+    stamps = {p: p.stat().st_mtime_ns for p in [digits_run / "fakes.npy", digits_run / "detector/model.pt"]}
+    code, stdout, _ = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
+    assert code == 0 and "AUROC" in stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    log = (digits_run / "fitm.log").read_text()
+    assert "generate: " in log and "is up to date, skipped" in log
+
+
+def _synthetic_folder(root: Path, write_image, classes=("a",), n_train=40, n_test=20, seed=0):
+    """Class a: horizontal ramps, class b: vertical ramps; with one class, vertical ramps are the anomalies.
+    Returns noise images to serve as fakes."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, 8)
+
+    def ramps(n, vertical):
+        base = np.broadcast_to(ramp[:, None] if vertical else ramp[None, :], (8, 8))
+        images = base[None, :, :, None] * rng.uniform(0.6, 1.0, (n, 1, 1, 3)) + rng.normal(0, 4, (n, 8, 8, 3))
+        return np.clip(images, 0, 255).astype(np.uint8)
+
+    for c, name in enumerate(classes):
+        for folder, images in ((f"train/{name}", ramps(n_train, c == 1)), (f"test/{name}", ramps(n_test, c == 1))):
+            for i, image in enumerate(images):
+                write_image(root / folder / f"{i:03d}.png", image)
+    if len(classes) == 1:
+        for i, image in enumerate(ramps(n_test, vertical=True)):
+            write_image(root / "test/anomaly" / f"{i:03d}.png", image)
+    return rng.integers(0, 256, (n_train, 8, 8, 3), dtype=np.uint8)
+
+
+def test_detect_separates_normals_from_anomalies(capsys, tmp_path, write_image):
+    fakes = _synthetic_folder(tmp_path / "data", write_image)
+    np.save(tmp_path / "fakes.npy", fakes)
+    code, out, err = run_cli(
+        capsys, "detect", "--config", TINY, "--set", "data.name=folder", "--class", "a",
+        "--data-root", str(tmp_path / "data"), "--fakes", str(tmp_path / "fakes.npy"), "--out", str(tmp_path / "runs"),
+        "--set", "detector.epochs=15", "--quiet",
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "runs/folder/a/metrics.json").read_text())
+    assert metrics["auroc"] > 0.9 and "AUROC" in out
+
+
+def test_pipeline_all_classes_writes_summary(capsys, tmp_path, write_image):
+    _synthetic_folder(tmp_path / "data", write_image, classes=("a", "b"), n_train=24, n_test=10)
+    code, out, err = run_cli(capsys, "pipeline", "--config", TINY, "--set", "data.name=folder", "--class", "all",
+                             "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--quiet")
+    assert code == 0, err
+    with open(tmp_path / "runs/folder/summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == ["a", "b", "mean"]
+    assert float(rows[2]["auroc"]) == pytest.approx((float(rows[0]["auroc"]) + float(rows[1]["auroc"])) / 2)
+    assert "mean" in out and (tmp_path / "runs/folder/b/report.html").exists()
+
+
+def test_killed_during_detect_resumes_without_redoing_generate(tmp_path):
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "fitm", "pipeline", "--config", TINY, "--class", "5", "--out", str(out),
+               "--quiet", "--set", "detector.epochs=400"]
+    run = out / "digits" / "5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (run / "detector" / "train_log.csv").exists():
+            assert process.poll() is None and time.time() < deadline, "pipeline ended before detect"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    stamp = (run / "fakes.npy").stat().st_mtime_ns
+    assert not (run / "detector" / "model.pt").exists() and not (run / "metrics.json").exists()
+
+    finished = subprocess.run(command[:-2] + ["--set", "detector.epochs=2"], capture_output=True, text=True, env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert (run / "fakes.npy").stat().st_mtime_ns == stamp
+    assert json.loads((run / "metrics.json").read_text())["auroc"] >= 0
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["detect", "--dataset", "imagenet", "--class", "0"], "unknown dataset 'imagenet'"),
+        (["pipeline", "--set", "detector.nope=1"], "unknown key 'detector.nope'"),
+        (["pipeline", "--set", "detector.epochs=many"], "detector.epochs"),
+        (["pipeline", "--set", "detector.epochs=1.5"], "expects a int"),
+        (["pipeline", "--class", "12"], "12"),
+        (["detect", "--dataset", "cifar10", "--class", "0", "--data-root", "/nonexistent/x"], "/nonexistent/x"),
+        (["detect", "--dataset", "mvtec", "--class", "bottel"], "bottle"),
+        (["generate", "--dataset", "digits", "--frobnicate"], "--frobnicate"),
+        (["predict", "--run", "/nonexistent/run", "x.png"], "/nonexistent/run"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, expected):
+    code, _, err = run_cli(capsys, *args, *(["--out", str(tmp_path)] if args[0] != "predict" else []))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("Error: ") and expected in err
+    assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.pt"))

@@ -1,0 +1,137 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from fitm.configs.default import get_config
+from fitm.detector import BatchTransform, create_backbone, extract_features, features, freeze, knn_scores, metrics
+from fitm.detector.train import train_discriminator
+from fitm.detector.transforms import NORMALIZE
+from fitm.errors import FitmError
+
+torch.set_num_threads(2)
+CPU = torch.device("cpu")
+
+
+def tiny_cfg(**overrides):
+    cfg = get_config().detector
+    cfg.backbone = "vit_tiny_patch16_224"
+    cfg.arch.update({"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2})
+    cfg.img_size, cfg.resize = 32, 36
+    cfg.pretrained, cfg.needs_pretrained = "none", False
+    cfg.update(overrides)
+    return cfg
+
+
+def coordinate_images(n, size):
+    """Channel 0 holds each pixel's row, channel 1 its column: a crop's output says where it came from."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    img = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)
+    return torch.from_numpy(np.repeat(img[None], n, 0))
+
+
+def unnormalize(x, name="imagenet"):
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZE[name])
+    return (x * std + mean) * 255
+
+
+@pytest.mark.parametrize("name", ["imagenet", "inception"])
+def test_constant_image_normalises_to_mean_std(name):
+    t = BatchTransform(tiny_cfg(normalize=name), CPU)
+    value = torch.tensor([200, 100, 50], dtype=torch.uint8)
+    out = t(value.view(1, 1, 1, 3).expand(2, 20, 20, 3).contiguous(), train=True)
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+    mean, std = (torch.tensor(v) for v in NORMALIZE[name])
+    expected = ((value / 255 - mean) / std).view(1, 3, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_is_deterministic_centre_crop():
+    t = BatchTransform(tiny_cfg(resize=40), CPU)
+    images = coordinate_images(3, 40)
+    out = t(images)
+    torch.testing.assert_close(out, t(images))
+    torch.testing.assert_close(unnormalize(out), images.permute(0, 3, 1, 2)[:, :, 4:36, 4:36].float(),
+                               atol=1e-3, rtol=0)
+
+
+def test_train_crops_and_flips_vary_per_sample():
+    t = BatchTransform(tiny_cfg(resize=40), CPU, seed=3)
+    out = unnormalize(t(coordinate_images(64, 40), train=True)).round()
+    rows, cols = out[:, 0], out[:, 1]
+    steps = torch.arange(32.0)
+    top, left = rows[:, 0, 0], cols[:, 0, :].min(1).values
+    flipped = cols[:, 0, 0] > cols[:, 0, -1]
+    # every output is a 32x32 window of its input, mirrored left-right when flipped
+    assert torch.equal(rows, (top[:, None] + steps).view(64, 32, 1).expand(64, 32, 32))
+    expected_cols = torch.where(flipped[:, None], left[:, None] + 31 - steps, left[:, None] + steps)
+    assert torch.equal(cols, expected_cols.view(64, 1, 32).expand(64, 32, 32))
+    assert 0 <= top.min() and top.max() <= 8 and 0 <= left.min() and left.max() <= 8
+    assert len(set(top.tolist())) > 4 and len(set(left.tolist())) > 4
+    assert 10 < int(flipped.sum()) < 54
+    again = BatchTransform(tiny_cfg(resize=40), CPU, seed=3)(coordinate_images(64, 40), train=True)
+    torch.testing.assert_close(unnormalize(again).round(), out)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(FitmError, match="uint8 NHWC"):
+        BatchTransform(tiny_cfg(), CPU)(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(FitmError, match="detector.normalize"):
+        BatchTransform(tiny_cfg(normalize="zscore"), CPU)
+    with pytest.raises(FitmError, match="detector.resize=30"):
+        BatchTransform(tiny_cfg(resize=30), CPU)
+    with pytest.raises(FitmError, match="fakes: expected uint8"):
+        train_discriminator(create_backbone(tiny_cfg()), np.zeros((2, 8, 8, 3), np.uint8),
+                            np.zeros((2, 8, 8, 1), np.uint8), tiny_cfg(), CPU, seed=0)
+
+
+def blobs(n, size, rng):
+    """Smooth images: one bright Gaussian blob per image on a dark background."""
+    yy, xx = np.mgrid[:size, :size] / size
+    cy, cx = rng.uniform(0.3, 0.7, (2, n, 1, 1))
+    img = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)[..., None] * rng.uniform(150, 250, (n, 1, 1, 3))
+    return img.astype(np.uint8)
+
+
+def test_train_separates_normals_from_fakes(tmp_path):
+    rng = np.random.default_rng(0)
+    normal = blobs(64, 16, rng)
+    fakes = rng.integers(0, 256, (64, 20, 20, 3), dtype=np.uint8)  # a different size from the normals
+    cfg = tiny_cfg(epochs=3, batch_size=16, lr=0.02, momentum=0.9, weight_decay=0.0, feature_batch_size=24)
+    torch.manual_seed(0)
+    model = create_backbone(cfg)
+    freeze(model, 1)
+    rows = train_discriminator(model, normal, fakes, cfg, CPU, seed=0, log_path=tmp_path / "log.csv")
+
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["loss"] < 0.3 and rows[-1]["accuracy"] > 0.9
+    assert all(r["images_per_s"] > 0 for r in rows)
+    with open(tmp_path / "log.csv") as f:
+        logged = list(csv.DictReader(f))
+    assert [float(r["loss"]) for r in logged] == pytest.approx([r["loss"] for r in rows])
+
+    bank = extract_features(model, normal, cfg, CPU)
+    test = np.concatenate([blobs(20, 16, rng), rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)])
+    queries = extract_features(model, test, cfg, CPU)
+    assert bank.shape == (64, 64) and bank.dtype == torch.float32
+    scores = knn_scores(queries, bank, k=cfg.k)
+    assert metrics(scores, np.r_[np.zeros(20), np.ones(20)])["auroc"] > 0.9
+
+    # batching does not change features: the same as one eval-transformed batch
+    with torch.no_grad():
+        whole = features(model, BatchTransform(cfg, CPU)(torch.from_numpy(test)))
+    torch.testing.assert_close(queries, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_training_is_seeded():
+    rng = np.random.default_rng(1)
+    normal, fakes = blobs(24, 16, rng), rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    cfg = tiny_cfg(epochs=1, batch_size=16, lr=0.02)
+    losses = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(0)
+        model = create_backbone(cfg)
+        torch.nn.init.normal_(model.head.weight, std=0.1)  # so the encoder gets gradients from step one
+        losses.append(train_discriminator(model, normal, fakes, cfg, CPU, seed=seed)[0]["loss"])
+    assert losses[0] == losses[1] != losses[2]

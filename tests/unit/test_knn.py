@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from fitm.detector.knn import knn_scores
+from fitm.errors import FitmError
+
+torch.set_num_threads(2)
+
+
+def brute_force(queries, bank, k):
+    return torch.cdist(queries.double(), bank.double()).square().topk(k, dim=1, largest=False).values.sum(1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("query_chunk,bank_chunk", [(1024, 65536), (8, 10), (5, 1), (37, 53), (36, 52)])
+def test_matches_brute_force_across_chunk_boundaries(k, query_chunk, bank_chunk):
+    g = torch.Generator().manual_seed(k)
+    queries = torch.randn(37, 16, generator=g) * 3 + 1
+    bank = torch.randn(53, 16, generator=g) * 3 + 1
+    scores = knn_scores(queries, bank, k=k, query_chunk=query_chunk, bank_chunk=bank_chunk)
+    assert scores.dtype == torch.float32 and scores.shape == (37,)
+    torch.testing.assert_close(scores.double(), brute_force(queries, bank, k), rtol=1e-4, atol=1e-3)
+
+
+def test_query_in_bank_scores_zero_not_negative():
+    bank = torch.randn(20, 32, generator=torch.Generator().manual_seed(0)) * 10
+    scores = knn_scores(bank[:5], bank, k=1, query_chunk=2, bank_chunk=7)
+    assert (scores >= 0).all() and scores.max() < 1e-2
+    torch.testing.assert_close(knn_scores(bank[:5], bank, k=2).double(), brute_force(bank[:5], bank, 2),
+                               rtol=1e-4, atol=1e-2)
+
+
+def test_bad_k_or_shapes_raise():
+    bank = torch.randn(3, 4)
+    with pytest.raises(FitmError, match=r"detector\.k=4"):
+        knn_scores(torch.randn(2, 4), bank, k=4)
+    with pytest.raises(FitmError, match="expected"):
+        knn_scores(torch.randn(2, 5), bank)

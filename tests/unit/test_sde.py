@@ -1,0 +1,159 @@
+"""VP-SDE, denoising score matching and the samplers, checked against a Gaussian whose score is known exactly."""
+
+import math
+
+import pytest
+import torch
+from ml_collections import ConfigDict
+from scipy.integrate import quad
+
+from fitm.errors import FitmError
+from fitm.sde import VPSDE, dsm_loss, eps_from_score, sample, score_from_eps
+
+MU = torch.tensor([0.5, -0.3])
+SIGMA = torch.tensor([[0.3, 0.1], [0.1, 0.2]])
+N_SAMPLES = 4000
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def gaussian_score(sde, mu=MU, sigma=SIGMA):
+    """Exact score of p_t when x_0 ~ N(mu, sigma): x_t ~ N(a mu, a^2 sigma + s^2 I); x shaped (B, 2, 1, 1)."""
+    lam, u = torch.linalg.eigh(sigma)
+
+    def score(x, t):
+        a, s = sde.marginal_coeffs(t)
+        d = (x.reshape(-1, 2) - a[:, None] * mu) @ u
+        return (-(d / (a[:, None] ** 2 * lam + s[:, None] ** 2)) @ u.T).reshape(x.shape)
+
+    return score
+
+
+def sampling_cfg(**kw):
+    base = dict(method="ddim", corrector="none", snr=0.16, corrector_steps=1, steps=100, eps=1e-3, denoise=True,
+                batch_size=1000, ode_tol=1e-5)
+    return ConfigDict(dict(base, **kw))
+
+
+def test_marginal_matches_closed_form_integral():
+    sde = VPSDE(0.1, 20.0, 1000)
+    t = torch.tensor([1e-5, 0.01, 0.3, 0.7, 1.0], dtype=torch.float64)
+    mean, std = sde.marginal_prob(torch.full((5, 1, 1, 1), 2.0, dtype=torch.float64), t)
+    for i, ti in enumerate(t.tolist()):
+        integral = quad(lambda s: 0.1 + s * (20.0 - 0.1), 0, ti)[0]
+        a = math.exp(-0.5 * integral)
+        assert mean[i].item() == pytest.approx(2.0 * a, rel=1e-9)
+        assert std[i].item() == pytest.approx(math.sqrt(1 - a * a), rel=1e-6)
+
+
+def test_marginal_matches_monte_carlo_forward_sde():
+    """Euler-Maruyama on dx = f dt + g dw from a point mass lands on the closed-form mean and std."""
+    sde = VPSDE()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((20000, 1, 1, 1), 1.5, dtype=torch.float64)
+    n, t_end = 2000, 0.6
+    dt = t_end / n
+    for i in range(n):
+        t = torch.full((x.shape[0],), i * dt, dtype=torch.float64)
+        drift, diffusion = sde.sde(x, t)
+        x = x + drift * dt + diffusion * math.sqrt(dt) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    mean, std = sde.marginal_prob(torch.full((1, 1, 1, 1), 1.5, dtype=torch.float64), torch.tensor([t_end], dtype=torch.float64))
+    assert x.mean().item() == pytest.approx(mean.item(), abs=0.01)
+    assert x.std().item() == pytest.approx(std.item(), abs=0.01)
+
+
+def test_discretize_is_the_ddpm_chain():
+    sde = VPSDE(0.1, 20.0, 1000)
+    betas = torch.linspace(0.1 / 1000, 20.0 / 1000, 1000, dtype=torch.float64)
+    idx = torch.tensor([0, 1, 500, 999])
+    t = (idx.double() + 0.5) / 999
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    f, g = sde.discretize(x, t)
+    assert torch.allclose(g.flatten(), betas[idx].sqrt())
+    assert torch.allclose(f, ((1 - betas[idx]).sqrt() - 1)[:, None, None, None] * x)
+    # the whole chain shrinks the data as the continuous SDE does by t = 1, up to O(beta^2) terms (3%)
+    a1 = sde.marginal_coeffs(torch.tensor([1.0], dtype=torch.float64))[0].item()
+    assert (1 - betas).prod().sqrt().item() == pytest.approx(a1, rel=0.05)
+
+
+def test_reverse_sde_and_probability_flow():
+    sde = VPSDE()
+    x, t = torch.randn(3, 2, 1, 1), torch.tensor([0.2, 0.5, 0.9])
+    score = gaussian_score(sde)
+    f, g = sde.sde(x, t)
+    rf, rg = sde.reverse(score).sde(x, t)
+    pf, pg = sde.reverse(score, probability_flow=True).sde(x, t)
+    assert torch.allclose(rf, f - g**2 * score(x, t)) and torch.equal(rg, g)
+    assert torch.allclose(pf, f - 0.5 * g**2 * score(x, t)) and not pg.any()
+    df, dg = sde.discretize(x, t)
+    rdf, rdg = sde.reverse(score).discretize(x, t)
+    assert torch.allclose(rdf, df - dg**2 * score(x, t)) and torch.equal(rdg, dg)
+
+
+def test_eps_and_score_convert_both_ways():
+    sde = VPSDE()
+    x, t = torch.randn(4, 2, 1, 1), torch.rand(4) * 0.9 + 0.05
+    score = gaussian_score(sde)
+    assert torch.allclose(score_from_eps(eps_from_score(score, sde), sde)(x, t), score(x, t), atol=1e-5)
+
+
+def test_dsm_loss_is_lowest_for_the_true_score():
+    sde = VPSDE()
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.randn(8000, 2, generator=gen) @ torch.linalg.cholesky(SIGMA).T + MU).reshape(-1, 2, 1, 1)
+    true = eps_from_score(gaussian_score(sde), sde)
+    shifted = eps_from_score(gaussian_score(sde, mu=MU + 0.3), sde)
+    scaled = eps_from_score(gaussian_score(sde, sigma=SIGMA * 2), sde)
+    losses = [dsm_loss(fn, sde, x0, torch.Generator().manual_seed(1), 1e-5).item() for fn in (true, shifted, scaled)]
+    assert losses[0] < losses[1] and losses[0] < losses[2]
+    assert losses[0] < 2.0  # eps prediction from a clean-enough score beats the trivial 0 prediction (loss = dim = 2)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="euler_maruyama", steps=200),
+        dict(method="reverse_diffusion", steps=200),
+        dict(method="euler_maruyama", corrector="langevin", steps=100),
+        dict(method="reverse_diffusion", corrector="langevin", steps=100),
+        dict(method="ode"),
+        dict(method="ddim", steps=200),
+    ],
+    ids=lambda kw: "-".join(str(v) for v in kw.values()),
+)
+def test_samplers_reproduce_a_gaussian(kw):
+    sde = VPSDE()
+    x = sample(gaussian_score(sde), sde, (N_SAMPLES, 2, 1, 1), sampling_cfg(**kw), 0, "cpu", predicts="score")
+    x = x.reshape(-1, 2)
+    assert x.shape == (N_SAMPLES, 2)
+    assert torch.allclose(x.mean(0), MU, atol=0.03), x.mean(0)
+    assert torch.allclose(torch.cov(x.T), SIGMA, atol=0.03), torch.cov(x.T)
+
+
+def test_sampling_is_seeded_and_takes_eps_models():
+    sde = VPSDE()
+    eps_fn = eps_from_score(gaussian_score(sde), sde)
+    cfg = sampling_cfg(method="euler_maruyama", steps=20)
+    a = sample(eps_fn, sde, (16, 2, 1, 1), cfg, 3)
+    assert torch.equal(a, sample(eps_fn, sde, (16, 2, 1, 1), cfg, 3))
+    assert not torch.equal(a, sample(eps_fn, sde, (16, 2, 1, 1), cfg, 4))
+    assert torch.allclose(a, sample(gaussian_score(sde), sde, (16, 2, 1, 1), cfg, 3, predicts="score"), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw, option",
+    [
+        (dict(method="heun"), "sampling.method"),
+        (dict(corrector="ald"), "sampling.corrector"),
+        (dict(method="ddim", corrector="langevin"), "sampling.corrector"),
+        (dict(steps=1), "sampling.steps"),
+        (dict(eps=0.0), "sampling.eps"),
+    ],
+)
+def test_bad_sampling_config_is_refused(kw, option):
+    sde = VPSDE()
+    with pytest.raises(FitmError, match=option):
+        sample(gaussian_score(sde), sde, (4, 2, 1, 1), sampling_cfg(**kw), 0, predicts="score")

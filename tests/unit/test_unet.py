@@ -1,0 +1,70 @@
+"""The DDPM++ score network: shapes, recipe size, time conditioning and the image-size guard."""
+
+import pytest
+import torch
+from ml_collections import ConfigDict
+
+from fitm.configs.default import get_config
+from fitm.errors import FitmError
+from fitm.sde import ScoreUNet, count_parameters
+from fitm.sde.unet import Attention, ResBlock, Resample
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def small_cfg(**kw):
+    base = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, skip_rescale=True,
+                resblock_resample=True, ema_rate=0.999)
+    return ConfigDict(dict(base, **kw))
+
+
+def randomise(model):
+    """Undo the zero initialisation of the residual branches so every path carries signal."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def test_cifar_recipe_has_about_62m_parameters():
+    with torch.device("meta"):
+        model = ScoreUNet(get_config().model, 32)
+    n = count_parameters(model)
+    assert 61.5e6 < n < 62.5e6, n
+    assert sum(isinstance(m, Attention) for m in model.modules()) == 4 + 1 + 1  # 4 down, mid, 1 up at 16x16
+    assert sum(isinstance(m, ResBlock) and m.resample is not None for m in model.modules()) == 6
+
+
+@pytest.mark.parametrize("resblock_resample", [True, False])
+def test_output_shape_and_time_conditioning(resblock_resample):
+    model = randomise(ScoreUNet(small_cfg(resblock_resample=resblock_resample), 8)).eval()
+    assert any(isinstance(m, Resample) for m in model.modules()) != resblock_resample
+    x = torch.randn(2, 3, 8, 8)
+    out = model(x, torch.tensor([0.1, 0.1]))
+    assert out.shape == x.shape
+    assert not torch.allclose(out, model(x, torch.tensor([0.9, 0.9])), atol=1e-4)
+    # samples do not interact: the batch is processed per image
+    assert torch.allclose(out[:1], model(x[:1], torch.tensor([0.1])), atol=1e-5)
+
+
+def test_zero_initialised_network_predicts_zero():
+    """Recipe init: each residual branch and the output layer start at zero."""
+    model = ScoreUNet(small_cfg(), 8)
+    assert not model(torch.randn(2, 3, 8, 8), torch.rand(2)).any()
+
+
+def test_skip_rescale_changes_the_network():
+    a = randomise(ScoreUNet(small_cfg(skip_rescale=True), 8))
+    b = randomise(ScoreUNet(small_cfg(skip_rescale=False), 8))
+    x, t = torch.randn(1, 3, 8, 8), torch.rand(1)
+    assert not torch.allclose(a(x, t), b(x, t))
+
+
+@pytest.mark.parametrize("size", [6, 2, 14])
+def test_image_size_the_network_cannot_take_is_refused(size):
+    with pytest.raises(FitmError, match=r"data\.image_size.*model\.ch_mult"):
+        ScoreUNet(small_cfg(ch_mult=(1, 2, 2)), size)
