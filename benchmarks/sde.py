@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import torch
-
 from fitm.configs import cifar10, digits
+
 from fitm.runtime import resolve_device, set_quiet
 from fitm.sde import VPSDE, ScoreTrainer, count_parameters, model_eps_fn, sample
 
@@ -81,7 +81,8 @@ def main() -> None:
         batch = config.training.batch_size
         print(f"\n{name}: {count_parameters(trainer.model) / 1e6:.1f} M parameters, "
               f"{config.data.image_size}x{config.data.image_size}")
-        print(f"  training        {rate:8.2f} steps/s  {rate * batch:9.1f} images/s  (batch {batch}, {train_steps} steps)")
+        print(f"  training        {rate:8.2f} steps/s  {rate * batch:9.1f} images/s  "
+              f"(batch {batch}, {train_steps} steps)")
 
         ema = trainer.ema
         sample_batch = 256 if gpu else (2 if small else 16)

@@ -58,7 +58,8 @@ def get_config() -> ConfigDict:
     p.ode_tol = 1e-5
 
     c.fakes = f = ConfigDict()
-    f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto'
+    f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto' (see fitm/sde/early_stop.py)
+    f.auto_ratio = 1.25  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
     f.count = 0  # 0: as many fakes as normal training images
     f.path = ""  # use fakes from this .npy instead of generating them
 

@@ -23,7 +23,8 @@ from fitm.detector.knn import knn_scores
 from fitm.detector.train import extract_features, train_discriminator
 from fitm.errors import FitmError
 from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_torch
-from fitm.runtime import log
+from fitm.runtime import log, seed_everything
+from fitm.sde.early_stop import choose_auto
 from fitm.sde.train import generate_fakes, train_score_model
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
@@ -69,7 +70,13 @@ def generate(run: Run, force: bool = False) -> np.ndarray:
     save_json({"inputs": training_inputs}, marker)
     checkpoints = train_score_model(run.split.normal_train, config, sde_dir, run.device)
 
-    checkpoint = choose_checkpoint(checkpoints, config.fakes.checkpoint)
+    if config.fakes.checkpoint == "auto":
+        checkpoint, signal = choose_auto(checkpoints, run.split.normal_train, config, run.device)
+        save_csv(signal, sde_dir / "auto_checkpoint.csv")
+        log.info("generate: fakes.checkpoint='auto' chose %s (nearness per snapshot: %s)", checkpoint.name,
+                 ", ".join(f"{r['step']}: {r['ratio']:.2f}" for r in signal))
+    else:
+        checkpoint = choose_checkpoint(checkpoints, config.fakes.checkpoint)
     count = config.fakes.count or len(run.split.normal_train)
     fakes = generate_fakes(checkpoint, config, count, config.seed, run.device)
     save_npy(fakes, fakes_path)
@@ -96,7 +103,7 @@ def choose_checkpoint(checkpoints: list[Path], choice: str) -> Path:
         return by_step[max(by_step)]
     if not choice.isdigit() or int(choice) not in by_step:
         raise FitmError(
-            f"fakes.checkpoint={choice!r}: expected 'last' or one of the saved iterations {sorted(by_step)}"
+            f"fakes.checkpoint={choice!r}: expected 'auto', 'last' or one of the saved iterations {sorted(by_step)}"
         )
     return by_step[int(choice)]
 
@@ -127,6 +134,7 @@ def detect(run: Run, fakes: np.ndarray, force: bool = False) -> torch.nn.Module:
             log.info("detect: %s is up to date, skipped", model_path)
             return model.to(run.device).eval()
 
+    seed_everything(run.config.seed)  # the same initial weights whatever ran before in this process
     model = create_backbone(det)
     train_images, _ = holdout(run.split.normal_train, det.holdout_fraction, run.config.seed)
     freeze(model, det.frozen_blocks)
@@ -160,6 +168,7 @@ def evaluate(run: Run, model: torch.nn.Module, nnd: bool = False, fsde: str | No
     test_scores = score(run.split.test_images)
     result = {"class": run.split.class_name, **compute_metrics(test_scores, run.split.test_labels)}
     result["n_train"], result["n_test"] = len(bank_images), len(test_scores)
+    result["pixel_knn_auroc"] = compute_metrics(pixel_knn_scores(run, det.k), run.split.test_labels)["auroc"]
 
     threshold = None
     if len(held_images):
@@ -200,6 +209,12 @@ def evaluate(run: Run, model: torch.nn.Module, nnd: bool = False, fsde: str | No
     save_json(result, run.dir / "metrics.json")
     report.draw(run.dir, test_images=run.split.test_images)
     return result
+
+
+def pixel_knn_scores(run: Run, k: int) -> np.ndarray:
+    """The naive reference: kNN on raw pixels of all normal training images, the bar fitm must clear."""
+    flat = lambda images: torch.from_numpy(images.reshape(len(images), -1)).to(run.device, torch.float32) / 255
+    return knn_scores(flat(run.split.test_images), flat(run.split.normal_train), k).cpu().numpy()
 
 
 def near_distribution_table(run: Run, normal_scores: np.ndarray, score) -> dict:

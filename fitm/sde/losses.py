@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fitm.sde.sde import ScoreFn, VPSDE, _bc
+from fitm.sde.sde import VPSDE, ScoreFn, _bc
 
 
 def score_from_eps(eps_fn: ScoreFn, sde: VPSDE) -> ScoreFn:

@@ -139,9 +139,8 @@ def _ode(score_fn, sde: VPSDE, x, cfg) -> torch.Tensor:
         return drift.reshape(-1).double().cpu().numpy()
 
     try:
-        sol = solve_ivp(
-            rhs, (sde.T, cfg.eps), x.reshape(-1).double().cpu().numpy(), method="RK45", rtol=cfg.ode_tol, atol=cfg.ode_tol
-        )
+        y0 = x.reshape(-1).double().cpu().numpy()
+        sol = solve_ivp(rhs, (sde.T, cfg.eps), y0, method="RK45", rtol=cfg.ode_tol, atol=cfg.ode_tol)
     finally:
         bar.close()
     if not sol.success:

@@ -227,7 +227,9 @@ def _snapshot_steps(tcfg) -> list[int]:
         raise FitmError(f"training.n_iters={n_iters!r} must be a positive integer")
     snaps = sorted(set(tcfg.snapshot_iters) | {n_iters})
     if any(not isinstance(s, int) or not 1 <= s <= n_iters for s in snaps):
-        raise FitmError(f"training.snapshot_iters={tuple(tcfg.snapshot_iters)} must be integers in 1..training.n_iters={n_iters}")
+        raise FitmError(
+            f"training.snapshot_iters={tuple(tcfg.snapshot_iters)} must be integers in 1..training.n_iters={n_iters}"
+        )
     if not isinstance(tcfg.batch_size, int) or tcfg.batch_size < 1:
         raise FitmError(f"training.batch_size={tcfg.batch_size!r} must be a positive integer")
     if not isinstance(tcfg.log_every, int) or tcfg.log_every < 1:
@@ -242,14 +244,18 @@ def _recipe(tcfg) -> dict:
 
 def _check_images(images, image_size: int) -> np.ndarray:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        got = f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        got = type(images).__name__
+        if isinstance(images, np.ndarray):
+            got = f"{images.dtype} array of shape {images.shape}"
         raise FitmError(f"generate: normal images must be a uint8 NHWC array with 3 channels, got {got}")
     if images.shape[1:3] != (image_size, image_size):
         raise FitmError(
             f"generate: normal images are {images.shape[1]}x{images.shape[2]} but data.image_size={image_size}"
         )
     if images.shape[0] < 2:
-        raise FitmError(f"generate: need at least 2 normal training images to train the score model, got {images.shape[0]}")
+        raise FitmError(
+            f"generate: need at least 2 normal training images to train the score model, got {images.shape[0]}"
+        )
     return np.ascontiguousarray(images)
 
 

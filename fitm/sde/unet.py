@@ -19,7 +19,8 @@ TIME_LABEL_SCALE = 999.0  # the continuous recipe embeds t as the DDPM step labe
 
 def timestep_embedding(labels: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=labels.device, dtype=torch.float32) * (-math.log(max_period) / (half - 1)))
+    steps = torch.arange(half, device=labels.device, dtype=torch.float32)
+    freqs = torch.exp(steps * (-math.log(max_period) / (half - 1)))
     args = labels.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
@@ -60,7 +61,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm0(x))
         if self.resample == "up":
-            h, x = F.interpolate(h, scale_factor=2.0, mode="nearest"), F.interpolate(x, scale_factor=2.0, mode="nearest")
+            h, x = F.interpolate(h, scale_factor=2.0), F.interpolate(x, scale_factor=2.0)  # nearest
         elif self.resample == "down":
             h, x = F.avg_pool2d(h, 2), F.avg_pool2d(x, 2)
         h = self.conv0(h) + self.temb(temb)[:, :, None, None]

@@ -2,17 +2,21 @@
 
 import pytest
 import torch
+from fitm.configs.default import get_config
 from ml_collections import ConfigDict
 
-from fitm.configs.default import get_config
 from fitm.errors import FitmError
 from fitm.sde import ScoreUNet, count_parameters
-from fitm.sde.unet import Attention, ResBlock, Resample
+from fitm.sde.unet import Attention, Resample, ResBlock
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _one_thread():
+    """Small tensors run fastest on one thread, and the test machine's cores are shared."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def small_cfg(**kw):
