@@ -1,51 +1,20 @@
-"""CIFAR-10 from scratch on a 2-core CPU: no pretrained weights, images at 16 px, small models.
+"""CIFAR-10 from scratch on a 2-core CPU (no pretrained weights, 16 px): benchmarks/quality.py's config.
 
-Sized so one class's whole row of benchmarks/quality.py (every variant) takes about half an hour on one
-core; the paper's GPU recipe is configs/cifar10.py."""
+Sized so one class's whole row of benchmarks/quality.py (every variant) takes about half an hour; the
+paper's GPU recipe is configs/cifar10.py."""
 
-from fitm.configs.default import get_config as default_config
+from fitm.configs.small_cpu import get_config as small_cpu_config
 
 
 def get_config():
-    c = default_config()
-    c.device = "cpu"
+    c = small_cpu_config()
     c.data.name = "cifar10"
-    c.data.image_size = 16
-
-    c.model.nf = 16
     c.model.ch_mult = (1, 2, 2)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.dropout = 0.0
-    c.model.ema_rate = 0.999
-
-    c.training.batch_size = 64
     c.training.n_iters = 1500
     c.training.snapshot_iters = (250, 500, 1000, 1500)
-    c.training.lr = 1e-3
-    c.training.warmup = 100
-    c.training.log_every = 50
-
-    # Euler-Maruyama: from these small, briefly trained models the deterministic samplers (DDIM, ODE)
-    # give colour-noise images where the stochastic ones give the class's shapes (seen on digits).
-    c.sampling.method = "euler_maruyama"
     c.sampling.steps = 50
     c.sampling.batch_size = 500
     c.fakes.checkpoint = "auto"
     c.fakes.count = 2500  # half the normal count: sampling is the generate stage's cost on a CPU
-
-    c.detector.backbone = "vit_tiny_patch16_224"
-    c.detector.pretrained = "none"
-    c.detector.needs_pretrained = False
-    c.detector.arch.patch_size = 4
-    c.detector.arch.depth = 4
-    c.detector.arch.embed_dim = 128
-    c.detector.arch.num_heads = 4
-    c.detector.img_size = 16
-    c.detector.resize = 18
-    c.detector.frozen_blocks = 0
     c.detector.epochs = 8
-    c.detector.batch_size = 64
-    c.detector.lr = 1e-2
-    c.detector.momentum = 0.9
     return c

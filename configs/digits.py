@@ -1,45 +1,14 @@
-"""scikit-learn's bundled 8x8 digits, upscaled: the offline demo. Small models from scratch on CPU."""
+"""scikit-learn's bundled 8x8 digits, upscaled to 16 px: the offline demo, small models from scratch on CPU."""
 
-from fitm.configs.default import get_config as default_config
+from fitm.configs.small_cpu import get_config as small_cpu_config
 
 
 def get_config():
-    c = default_config()
-    c.device = "cpu"
+    c = small_cpu_config()
     c.data.name = "digits"
-    c.data.image_size = 16
-
-    c.model.nf = 16
-    c.model.ch_mult = (1, 2)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.dropout = 0.0
-    c.model.ema_rate = 0.999
-
-    c.training.batch_size = 64
     c.training.n_iters = 800
     c.training.snapshot_iters = (100, 200, 400, 800)
-    c.training.lr = 1e-3
-    c.training.warmup = 100
-    c.training.log_every = 50
-
-    # Euler-Maruyama: from this small, briefly trained model the deterministic samplers (DDIM, ODE) give
-    # colour-noise images where the stochastic ones give digit shapes.
-    c.sampling.method = "euler_maruyama"
-    c.sampling.steps = 100
     c.fakes.checkpoint = "400"
-
-    c.detector.backbone = "vit_tiny_patch16_224"
-    c.detector.pretrained = "none"
-    c.detector.needs_pretrained = False
-    c.detector.arch.patch_size = 4
-    c.detector.arch.depth = 4
-    c.detector.arch.embed_dim = 96
-    c.detector.img_size = 16
-    c.detector.resize = 18
-    c.detector.frozen_blocks = 0
     c.detector.epochs = 10
     c.detector.batch_size = 32
-    c.detector.lr = 1e-2
-    c.detector.momentum = 0.9
     return c

@@ -69,11 +69,15 @@ def save_roc(scores: np.ndarray, labels: np.ndarray, auroc: float, path) -> None
 def save_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float | None, path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     bins = np.histogram_bin_edges(scores, bins=40)
-    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="normal test", density=True)
-    ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="anomalous test", density=True)
+    if scores.min() > 0 and scores.max() > 100 * scores.min():  # kNN distances are heavy-tailed
+        bins = np.geomspace(scores.min(), scores.max(), 41)
+        ax.set_xscale("log")
+    for label, name in ((0, "normal test"), (1, "anomalous test")):
+        chosen = scores[labels == label]
+        ax.hist(chosen, bins=bins, alpha=0.6, label=name, weights=np.full(len(chosen), 1 / len(chosen)))
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label="predict threshold")
-    ax.set(xlabel="anomaly score (kNN distance)", ylabel="density", title="Scores of the test images")
+    ax.set(xlabel="anomaly score (kNN distance)", ylabel="fraction of images", title="Scores of the test images")
     ax.legend()
     _save_figure(fig, path)
 

@@ -31,9 +31,10 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 def digits_run(tmp_path_factory):
     """One tiny digits pipeline shared by the tests that read a finished run."""
     out = tmp_path_factory.mktemp("runs")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet"])
-    assert exit_info.value.code == 0
+    for command in ("generate", "pipeline"):  # the pipeline finds the fakes made by `fitm generate`
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--config", TINY, "--class", "3", "--out", str(out), "--quiet"])
+        assert exit_info.value.code == 0
     return out / "digits" / "3"
 
 
@@ -55,6 +56,8 @@ def test_pipeline_writes_every_artifact(digits_run):
     config = json.loads((digits_run / "config.json").read_text())
     n_normal = metrics["n_train"] + round(config["detector"]["holdout_fraction"] * len(fakes))
     assert len(fakes) == n_normal
+    log = (digits_run / "fitm.log").read_text()
+    assert log.count("generate: wrote") == 1 and "fakes.npy is up to date, skipped" in log
 
 
 def test_report_redraws_pictures_and_html(digits_run, capsys):
@@ -199,6 +202,16 @@ def test_killed_during_detect_resumes_without_redoing_generate(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert (run / "fakes.npy").stat().st_mtime_ns == stamp
     assert json.loads((run / "metrics.json").read_text())["auroc"] >= 0
+
+
+def test_fakes_that_are_not_uint8_nhwc_are_refused(capsys, tmp_path):
+    np.save(tmp_path / "floats.npy", np.zeros((4, 8, 8, 3), np.float32))
+    np.save(tmp_path / "two_channels.npy", np.zeros((4, 8, 8, 2), np.uint8))
+    for name in ("floats.npy", "two_channels.npy"):
+        code, _, err = run_cli(capsys, "detect", "--config", TINY, "--class", "1", "--fakes", str(tmp_path / name),
+                               "--out", str(tmp_path / "runs"))
+        assert code == 2 and name in err and "uint8 NHWC" in err and err.count("\n") == 1
+        assert not (tmp_path / "runs/digits/1/detector").exists()
 
 
 @pytest.mark.parametrize(

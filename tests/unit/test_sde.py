@@ -15,14 +15,6 @@ SIGMA = torch.tensor([[0.3, 0.1], [0.1, 0.2]])
 N_SAMPLES = 4000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def gaussian_score(sde, mu=MU, sigma=SIGMA):
     """Exact score of p_t when x_0 ~ N(mu, sigma): x_t ~ N(a mu, a^2 sigma + s^2 I); x shaped (B, 2, 1, 1)."""

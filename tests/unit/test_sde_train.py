@@ -13,14 +13,6 @@ from fitm.io import save_torch
 from fitm.sde import generate_fakes, load_ema_model, train_score_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def digits(size: int, label: int = 0) -> np.ndarray:
     """One class of scikit-learn's digits, upscaled to size x size, as uint8 NHWC with 3 channels."""

@@ -10,14 +10,6 @@ from fitm.sde import ScoreUNet, count_parameters
 from fitm.sde.unet import Attention, Resample, ResBlock
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_cfg(**kw):
     base = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, skip_rescale=True,
