@@ -26,9 +26,14 @@ def grid(images: np.ndarray, nrow: int = 10, max_images: int = 100) -> np.ndarra
     return torchvision.utils.make_grid(batch, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
 
 
-def save_grid(images: np.ndarray, path, nrow: int = 10, max_images: int = 100) -> None:
+def save_grid(images: np.ndarray, path, nrow: int = 10, max_images: int = 100, min_side: int = 48) -> None:
+    """A PNG grid; small images are enlarged (nearest neighbour) so that a person can see them."""
+    picture = grid(images, nrow, max_images)
+    scale = -(-min_side // images.shape[1])
+    if scale > 1:
+        picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
     with atomic_path(path) as tmp:
-        plt.imsave(tmp, grid(images, nrow, max_images), format="png")
+        plt.imsave(tmp, picture, format="png")
 
 
 def _save_figure(fig, path) -> None:
