@@ -28,7 +28,6 @@ from fitm.sde.early_stop import choose_auto
 from fitm.sde.train import generate_fakes, train_score_model
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
-FSDE_PER_CLASS = 1000
 
 
 def run_dir(out: str | Path, config: ConfigDict) -> Path:
@@ -184,16 +183,11 @@ def evaluate(run: Run, model: torch.nn.Module, nnd: bool = False, fsde: str | No
         run.dir / "detector" / "bank.pt",
     )
 
-    normal_test = run.split.test_images[run.split.test_labels == 0]
     normal_scores = test_scores[run.split.test_labels == 0]
     if nnd:
         result["nnd"] = near_distribution_table(run, normal_scores, score)
     if fsde:
-        index = class_names(config.data).index(run.split.class_name)
-        fsde_fakes = slice_class(load_fakes(fsde), index, FIXED_CLASS_COUNTS.get(config.data.name, 10), f"--fsde {fsde}")
-        both = np.concatenate([normal_scores, score(fsde_fakes)])
-        labels = np.r_[np.zeros(len(normal_test), np.int64), np.ones(len(fsde_fakes), np.int64)]
-        result["fsde_auroc"] = compute_metrics(both, labels)["auroc"]
+        result["fsde_auroc"] = fsde_auroc(run, normal_scores, score, fsde)
 
     rows = [
         {
@@ -215,6 +209,16 @@ def pixel_knn_scores(run: Run, k: int) -> np.ndarray:
     """The naive reference: kNN on raw pixels of all normal training images, the bar fitm must clear."""
     flat = lambda images: torch.from_numpy(images.reshape(len(images), -1)).to(run.device, torch.float32) / 255
     return knn_scores(flat(run.split.test_images), flat(run.split.normal_train), k).cpu().numpy()
+
+
+def fsde_auroc(run: Run, normal_scores: np.ndarray, score, path: str) -> float:
+    """CIFAR-10-FSDE: the normal test class against the 1,000 fakes of that class in the benchmark file."""
+    if run.config.data.name != "cifar10":
+        raise FitmError("--fsde: CIFAR-10-FSDE is defined for --dataset cifar10 only")
+    index = class_names(run.config.data).index(run.split.class_name)
+    fakes = slice_class(load_fakes(path), index, FIXED_CLASS_COUNTS["cifar10"], f"--fsde {path}")
+    labels = np.r_[np.zeros(len(normal_scores), np.int64), np.ones(len(fakes), np.int64)]
+    return compute_metrics(np.concatenate([normal_scores, score(fakes)]), labels)["auroc"]
 
 
 def near_distribution_table(run: Run, normal_scores: np.ndarray, score) -> dict:

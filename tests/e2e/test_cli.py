@@ -204,6 +204,27 @@ def test_killed_during_detect_resumes_without_redoing_generate(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["auroc"] >= 0
 
 
+def test_detect_with_nnd_and_fsde_on_cifar10(capsys, tmp_path, cifar10_root, cifar100_root):
+    assert cifar10_root == cifar100_root
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "fakes.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "fsde.npy", rng.integers(0, 256, (10 * 5, 32, 32, 3), dtype=np.uint8))
+    code, out, err = run_cli(
+        capsys, "detect", "--config", TINY, "--set", "data.name=cifar10", "--class", "airplane", "--data-root",
+        str(cifar10_root), "--fakes", str(tmp_path / "fakes.npy"), "--nnd", "--fsde", str(tmp_path / "fsde.npy"),
+        "--out", str(tmp_path / "runs"), "--quiet",
+    )
+    assert code == 0, err
+    run = tmp_path / "runs/cifar10/airplane"
+    metrics = json.loads((run / "metrics.json").read_text())
+    with open(run / "nnd.csv") as f:
+        table = {r["cifar100_class"]: float(r["auroc"]) for r in csv.DictReader(f)}
+    assert len(table) == 100 and metrics["nnd"]["min_auroc"] == min(table.values())
+    assert table[metrics["nnd"]["min_class"]] == metrics["nnd"]["min_auroc"]
+    assert 0 <= metrics["fsde_auroc"] <= 1
+    assert "NND min AUROC" in out and "FSDE AUROC" in out
+
+
 def test_fakes_that_are_not_uint8_nhwc_are_refused(capsys, tmp_path):
     np.save(tmp_path / "floats.npy", np.zeros((4, 8, 8, 3), np.float32))
     np.save(tmp_path / "two_channels.npy", np.zeros((4, 8, 8, 2), np.uint8))
