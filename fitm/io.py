@@ -80,10 +80,3 @@ def fingerprint(*parts: Any) -> str:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
-
-def file_fingerprint(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]

@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision.utils  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
+from fitm.detector.evaluate import roc_points  # noqa: E402
 from fitm.io import atomic_path, save_text  # noqa: E402
 from fitm.runtime import log  # noqa: E402
 
@@ -62,7 +62,7 @@ def _read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def save_roc(scores: np.ndarray, labels: np.ndarray, auroc: float, path) -> None:
-    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr, _ = roc_points(scores, labels)
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     ax.plot(fpr, tpr, lw=2, label=f"AUROC {100 * auroc:.1f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
