@@ -59,7 +59,7 @@ def get_config() -> ConfigDict:
 
     c.fakes = f = ConfigDict()
     f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto' (see fitm/sde/early_stop.py)
-    f.auto_ratio = 1.25  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
+    f.auto_ratio = 1.1  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
     f.count = 0  # 0: as many fakes as normal training images
     f.path = ""  # use fakes from this .npy instead of generating them
 

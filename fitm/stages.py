@@ -73,7 +73,7 @@ def generate(run: Run, force: bool = False) -> np.ndarray:
         checkpoint, signal = choose_auto(checkpoints, run.split.normal_train, config, run.device)
         save_csv(signal, sde_dir / "auto_checkpoint.csv")
         log.info("generate: fakes.checkpoint='auto' chose %s (nearness per snapshot: %s)", checkpoint.name,
-                 ", ".join(f"{r['step']}: {r['ratio']:.2f}" for r in signal))
+                 ", ".join(f"{r['step']}: {r['nearness']:.2f}" for r in signal))
     else:
         checkpoint = choose_checkpoint(checkpoints, config.fakes.checkpoint)
     count = config.fakes.count or len(run.split.normal_train)

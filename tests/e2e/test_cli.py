@@ -134,6 +134,21 @@ def test_pipeline_is_skipped_when_up_to_date(digits_run, capsys):
     assert "generate: " in log and "is up to date, skipped" in log
 
 
+def test_generate_with_auto_checkpoint_records_its_choice(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "4", "--out", str(tmp_path),
+                           "--set", "fakes.checkpoint=auto", "--quiet")
+    assert code == 0, err
+    run = tmp_path / "digits" / "4"
+    with open(run / "sde" / "auto_checkpoint.csv") as f:
+        signal = list(csv.DictReader(f))
+    assert [r["step"] for r in signal] == ["10", "20"]
+    assert all(float(r["nearness"]) > 0 for r in signal)
+    chosen = [r["step"] for r in signal if r["chosen"] == "True"]
+    assert len(chosen) == 1
+    assert json.loads((run / "fakes.json").read_text())["checkpoint"] == f"sde/ckpt_{chosen[0]}.pt"
+    assert "fakes.checkpoint='auto' chose" in (run / "fitm.log").read_text()
+
+
 def _synthetic_folder(root: Path, write_image, classes=("a",), n_train=40, n_test=20, seed=0):
     """Class a: horizontal ramps, class b: vertical ramps; with one class, vertical ramps are the anomalies.
     Returns noise images to serve as fakes."""
