@@ -193,10 +193,26 @@ def save_table(rows: list[dict], out: Path) -> str:
     return table
 
 
-def read_table(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: v if k in ("class", "fakes_step") else float(v) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+def read_results(path: Path) -> list[dict]:
+    """Rows from a quality.csv, or from the finished class directories of an --out that was stopped before
+    writing one (their minutes are not recorded)."""
+    if path.is_file():
+        with open(path, newline="") as f:
+            return [{k: v if k in ("class", "fakes_step") else float(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+    finished = sorted(p.parents[2] for p in path.glob("*/*/variants/untrained_vit_knn/metrics.json"))
+    if not finished:
+        raise FitmError(f"--merge {path}: expected a quality.csv or an --out directory with finished classes")
+    return [class_row_from_dir(d) for d in finished]
+
+
+def class_row_from_dir(class_dir: Path) -> dict:
+    main_metrics = load_json(class_dir / "metrics.json")
+    variant = lambda name: load_json(class_dir / "variants" / name / "metrics.json")["auroc"]
+    fakes_step = checkpoint_step(load_json(class_dir / "fakes.json")["checkpoint"])
+    return {"class": main_metrics["class"], "fakes_step": fakes_step, "fitm": main_metrics["auroc"],
+            "pixel_knn": main_metrics["pixel_knn_auroc"],
+            **{name: variant(name) for name in VARIANTS[1:5]}, "minutes": float("nan")}
 
 
 def main() -> None:
@@ -208,12 +224,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--study", action="store_true", help="the early-stop study on every class")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV",
-                        help="only join earlier runs' quality.csv files into one table in --out")
+                        help="only join earlier runs' quality.csv files (or --out directories) into one table in --out")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     set_quiet(args.quiet)
     if args.merge:
-        return print(save_table([row for path in args.merge for row in read_table(path)], args.out))
+        return print(save_table([row for path in args.merge for row in read_results(path)], args.out))
 
     base = apply_overrides(load_config(path=args.config), args.overrides)
     if base.data.name == "cifar10":
