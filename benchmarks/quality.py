@@ -187,10 +187,17 @@ def save_table(rows: list[dict], out: Path) -> str:
     rows = [r for r in rows if r["class"] != "mean"]
     mean = {"class": "mean", **{v: float(np.mean([float(r[v]) for r in rows])) for v in VARIANTS},
             "minutes": float("nan")}
-    table = markdown(rows + [mean])
+    table = markdown(rows + [mean]) + "\n\n" + verdict(mean, len(rows))
     save_csv(rows + [mean], out / "quality.csv")
     save_text(table + "\n", out / "quality.md")
     return table
+
+
+def verdict(mean: dict, n_classes: int) -> str:
+    """The issue's bar in words: does fitm's mean beat each baseline's?"""
+    ours = mean["fitm"]
+    said = [f"{'beats' if ours > mean[v] else 'does NOT beat'} {v} ({100 * mean[v]:.2f})" for v in VARIANTS[1:]]
+    return f"Over {n_classes} classes fitm's mean AUROC ({100 * ours:.2f}) " + "; ".join(said) + "."
 
 
 def read_results(path: Path) -> list[dict]:
