@@ -39,7 +39,7 @@ from fitm.errors import FitmError
 from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_text
 from fitm.runtime import resolve_device, seed_everything, set_quiet
 from fitm.sde.early_stop import choose_auto
-from fitm.sde.train import generate_fakes
+from fitm.sde.train import checkpoint_step, generate_fakes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -82,10 +82,6 @@ def trained_auroc(run: stages.Run, name: str, fakes: np.ndarray) -> float:
     variant = stages.Run(dir=run.dir / "variants" / name, config=run.config, split=run.split, device=run.device)
     save_npy(fakes, variant.dir / "fakes.npy")
     return stages.evaluate(variant, stages.detect(variant, fakes))["auroc"]
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(Path(path).stem.split("_")[-1])
 
 
 def class_row(run: stages.Run) -> dict:

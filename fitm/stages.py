@@ -19,13 +19,13 @@ from fitm.config import save_config, section
 from fitm.data import Split, canonical_class, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import metrics as compute_metrics
-from fitm.detector.knn import knn_scores
+from fitm.detector.knn import knn_scores, pixel_vectors
 from fitm.detector.train import extract_features, train_discriminator
 from fitm.errors import FitmError
 from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_torch
 from fitm.runtime import log, seed_everything
 from fitm.sde.early_stop import choose_auto
-from fitm.sde.train import generate_fakes, train_score_model
+from fitm.sde.train import checkpoint_step, generate_fakes, train_score_model
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
 
@@ -97,7 +97,7 @@ def generate(run: Run, force: bool = False) -> np.ndarray:
 
 
 def choose_checkpoint(checkpoints: list[Path], choice: str) -> Path:
-    by_step = {int(p.stem.split("_")[-1]): p for p in checkpoints}
+    by_step = {checkpoint_step(p): p for p in checkpoints}
     if choice == "last":
         return by_step[max(by_step)]
     if not choice.isdigit() or int(choice) not in by_step:
@@ -207,8 +207,8 @@ def evaluate(run: Run, model: torch.nn.Module, nnd: bool = False, fsde: str | No
 
 def pixel_knn_scores(run: Run, k: int) -> np.ndarray:
     """The naive reference: kNN on raw pixels of all normal training images, the bar fitm must clear."""
-    flat = lambda images: torch.from_numpy(images.reshape(len(images), -1)).to(run.device, torch.float32) / 255
-    return knn_scores(flat(run.split.test_images), flat(run.split.normal_train), k).cpu().numpy()
+    queries, bank = pixel_vectors(run.split.test_images, run.device), pixel_vectors(run.split.normal_train, run.device)
+    return knn_scores(queries, bank, k).cpu().numpy()
 
 
 def fsde_auroc(run: Run, normal_scores: np.ndarray, score, path: str) -> float:

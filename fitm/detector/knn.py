@@ -7,6 +7,11 @@ import torch
 from fitm.errors import FitmError
 
 
+def pixel_vectors(images, device: torch.device | str) -> torch.Tensor:
+    """uint8 NHWC images as (N, H*W*C) float32 rows in [0, 1]: the raw-pixel space of the baselines."""
+    return torch.from_numpy(images.reshape(len(images), -1)).to(device, torch.float32) / 255
+
+
 def knn_scores(queries: torch.Tensor, bank: torch.Tensor, k: int = 2, query_chunk: int = 1024,
                bank_chunk: int = 65536) -> torch.Tensor:
     """(Q,) float32 scores on the queries' device.

@@ -6,6 +6,7 @@ from fitm.sde.sde import VPSDE
 from fitm.sde.train import (
     ScoreTrainer,
     checkpoint_path,
+    checkpoint_step,
     generate_fakes,
     load_ema_model,
     model_eps_fn,
@@ -20,6 +21,7 @@ __all__ = [
     "ScoreUNet",
     "check_sampling_config",
     "checkpoint_path",
+    "checkpoint_step",
     "count_parameters",
     "dsm_loss",
     "eps_from_score",

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fitm.detector.knn import knn_scores
+from fitm.detector.knn import knn_scores, pixel_vectors
 from fitm.errors import FitmError
-from fitm.sde.train import generate_fakes
+from fitm.sde.train import checkpoint_step, generate_fakes
 
 PROBES = 256
 K = 2
@@ -34,8 +34,7 @@ K = 2
 def nearness(normal: np.ndarray, fakes: np.ndarray, held_out: np.ndarray, device: torch.device) -> dict:
     """closeness, coverage and nearness of `fakes` (see the module docstring); `normal` needs more images
     than `fakes` so that coverage can compare against as many normal images."""
-    flat = lambda images: torch.from_numpy(images.reshape(len(images), -1)).to(device, torch.float32) / 255
-    bank, fake, held = flat(normal), flat(fakes), flat(held_out)
+    bank, fake, held = (pixel_vectors(images, device) for images in (normal, fakes, held_out))
     median = lambda queries, reference: float(knn_scores(queries, reference, K).median())
     closeness = median(fake, bank) / median(held, bank)
     coverage = median(held, fake) / median(held, bank[: len(fake)])
@@ -58,7 +57,7 @@ def choose_auto(checkpoints: list[Path], normal: np.ndarray, config, device: tor
     table = []
     for path in checkpoints:
         fakes = generate_fakes(path, config, n_probes, config.seed, device)
-        table.append({"step": int(path.stem.split("_")[-1]), **nearness(bank, fakes, held_out, device)})
+        table.append({"step": checkpoint_step(path), **nearness(bank, fakes, held_out, device)})
     chosen = earliest_near([row["nearness"] for row in table], config.fakes.auto_ratio)
     for i, row in enumerate(table):
         row["chosen"] = i == chosen

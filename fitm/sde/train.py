@@ -32,6 +32,11 @@ def checkpoint_path(workdir: str | Path, step: int) -> Path:
     return Path(workdir) / f"ckpt_{step}.pt"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step of a checkpoint_path."""
+    return int(_CKPT.fullmatch(Path(path).name).group(1))
+
+
 class ScoreTrainer:
     """Model, EMA, optimizer and the training RNG on one device; `step(i)` runs training step i (1-based)."""
 
