@@ -47,7 +47,7 @@ def sample_rate(model, config, device: torch.device, method: str, steps: int, ba
     cfg = copy.deepcopy(config.sampling)
     cfg.update(method=method, steps=steps, corrector="none")
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
-    eps_fn = model_eps_fn(model, device, config.training.amp)
+    eps_fn = model_eps_fn(model, device, config.training)
     shape = (batch, 3, size, size)
     warm = copy.deepcopy(cfg)
     warm.steps = 2

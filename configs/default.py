@@ -45,6 +45,8 @@ def get_config() -> ConfigDict:
     t.eps = 1e-5  # smallest t in denoising score matching
     t.log_every = 100
     t.amp = True  # bf16 autocast on GPU
+    t.compile = False  # torch.compile the U-Net (training and sampling); same outputs, compiled once per shape
+    t.channels_last = False  # the U-Net in channels_last memory format (benchmarks/gpu.py measures it on a GPU)
 
     c.sampling = p = ConfigDict()
     p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim
@@ -62,6 +64,10 @@ def get_config() -> ConfigDict:
     f.auto_ratio = 1.1  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
     f.count = 0  # 0: as many fakes as normal training images
     f.path = ""  # use fakes from this .npy instead of generating them
+    # Degenerate fakes (recorded in fakes.json, never filtered): per-image pixel std below flat_std, or mean
+    # below dark_mean or above bright_mean, on the 0-255 scale. 0.0-1.4% of a CIFAR-10 class's training images
+    # meet it at 16 px (airplane 0.9%, BENCHMARKS.md).
+    f.degenerate = ConfigDict({"flat_std": 20.0, "dark_mean": 15.0, "bright_mean": 240.0})
 
     # Detect stage: the FITYMI discriminator.
     c.detector = v = ConfigDict()
@@ -73,14 +79,19 @@ def get_config() -> ConfigDict:
     v.resize = 256  # resize then crop to img_size (random in training, centre at test)
     v.normalize = "imagenet"  # the authors' choice; 'inception' is mean/std 0.5, as the weights were trained
     v.frozen_blocks = 6
+    v.dropout = 0.1  # the authors' ViT: after the embeddings and twice in every MLP, none in attention
     v.epochs = 30
     v.batch_size = 16
     v.lr = 4e-4
     v.weight_decay = 5e-5
     v.momentum = 0.0
-    v.amp = True
+    v.amp = True  # bf16 autocast on GPU (the authors train in fp32: detector.amp=false); full precision on CPU
+    v.compile = False  # torch.compile the ViT for training and features
     v.k = 2
     v.feature_batch_size = 256
-    v.holdout_fraction = 0.1  # normal training images kept out to set the predict threshold
+    # The kNN bank is every normal training image, as the authors'. The predict threshold is the
+    # threshold_quantile of the bank's leave-one-out kNN scores; holdout_fraction > 0 instead keeps that share
+    # of the normal images out of training and the bank and takes the quantile of their scores.
+    v.holdout_fraction = 0.0
     v.threshold_quantile = 0.95
     return c

@@ -10,7 +10,7 @@ import numpy as np
 
 from fitm import stages
 from fitm.config import apply_overrides, load_config
-from fitm.data import canonical_class, class_names, load_split
+from fitm.data import canonical_class, class_names, load_fakes, load_split
 from fitm.errors import FitmError
 from fitm.runtime import add_log_file, log, resolve_device, seed_everything, set_quiet
 
@@ -101,7 +101,7 @@ def detect(dataset, config_path, normal_class, data_root, download, out, overrid
     if config.fakes.path:
         fakes = stages.external_fakes(run, config.fakes.path)
     elif (run.dir / "fakes.npy").exists():
-        fakes = np.load(run.dir / "fakes.npy", allow_pickle=False)
+        fakes = load_fakes(run.dir / "fakes.npy")
     else:
         raise FitmError(f"no fakes: pass --fakes PATH, or run `fitm generate` first to write {run.dir / 'fakes.npy'}")
     model = stages.detect(run, fakes, force=force)

@@ -54,6 +54,12 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def compiled(fn, enabled: bool):
+    """`fn` through torch.compile when the config asks for it (detector.compile, training.compile), else as is.
+    The module itself stays uncompiled, so its state dict keeps its own keys."""
+    return torch.compile(fn) if enabled else fn
+
+
 def add_log_file(path: str | Path) -> logging.Handler:
     """Mirror fitm's log into a file in the run directory."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

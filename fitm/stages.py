@@ -19,12 +19,13 @@ from fitm.config import save_config, section
 from fitm.data import Split, canonical_class, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import metrics as compute_metrics
-from fitm.detector.knn import knn_scores, pixel_vectors
+from fitm.detector.knn import knn_scores, leave_one_out_scores, pixel_vectors
 from fitm.detector.train import extract_features, train_discriminator
 from fitm.errors import FitmError
 from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_torch
 from fitm.runtime import log, seed_everything
 from fitm.sde.early_stop import choose_auto
+from fitm.sde.sampling import nfe
 from fitm.sde.train import checkpoint_step, generate_fakes, train_score_model
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
@@ -87,6 +88,7 @@ def generate(run: Run, force: bool = False) -> np.ndarray:
             "sampler": config.sampling.method,
             "corrector": config.sampling.corrector,
             "steps": config.sampling.steps,
+            "nfe": nfe(config.sampling),
             "seed": config.seed,
             "count": count,
         },
@@ -108,13 +110,22 @@ def choose_checkpoint(checkpoints: list[Path], choice: str) -> Path:
 
 
 def external_fakes(run: Run, path: str) -> np.ndarray:
-    """Fakes made elsewhere; a file in the authors' all-classes layout is sliced to this run's class."""
+    """Fakes made elsewhere. For CIFAR-10/100 a file holds either this class's fakes or all classes' in the
+    authors' layout (sliced to this class); any other length is refused rather than guessed at."""
     fakes = load_fakes(path)
     num_classes = FIXED_CLASS_COUNTS.get(run.config.data.name)
-    if num_classes and len(fakes) == num_classes * len(run.split.normal_train):
+    if not num_classes:
+        return fakes
+    per_class = run.config.fakes.count or len(run.split.normal_train)
+    if len(fakes) == num_classes * per_class:
         index = class_names(run.config.data).index(run.split.class_name)
         log.info("fakes: %s holds all %d classes in the authors' layout; using class %d", path, num_classes, index)
-        fakes = slice_class(fakes, index, num_classes, f"--fakes {path}")
+        return slice_class(fakes, index, num_classes, f"--fakes {path}")
+    if len(fakes) != per_class:
+        raise FitmError(
+            f"--fakes {path}: holds {len(fakes)} images, which fits neither one class's fakes ({per_class}, "
+            f"{'fakes.count' if run.config.fakes.count else 'the number of normal training images'}) nor all "
+            f"{num_classes} classes' in the authors' layout ({num_classes * per_class})")
     return fakes
 
 
@@ -169,15 +180,15 @@ def evaluate(run: Run, model: torch.nn.Module, nnd: bool = False, fsde: str | No
     result["n_train"], result["n_test"] = len(bank_images), len(test_scores)
     result["pixel_knn_auroc"] = compute_metrics(pixel_knn_scores(run, det.k), run.split.test_labels)["auroc"]
 
-    threshold = None
-    if len(held_images):
-        threshold = float(np.quantile(score(held_images), det.threshold_quantile))
-        result["threshold"] = threshold
-        result["threshold_quantile"] = det.threshold_quantile
+    reference_scores = score(held_images) if len(held_images) else leave_one_out_scores(bank, det.k).cpu().numpy()
+    threshold = float(np.quantile(reference_scores, det.threshold_quantile))
+    result["threshold"] = threshold
+    result["threshold_quantile"] = det.threshold_quantile
+    result["threshold_from"] = "held-out normals" if len(held_images) else "leave-one-out scores of the bank"
     save_torch(
         {
             "features": bank.cpu(),
-            "threshold": threshold if threshold is not None else float("nan"),
+            "threshold": threshold,
             "image_shape": torch.tensor(run.split.normal_train.shape[1:]),
         },
         run.dir / "detector" / "bank.pt",

@@ -118,3 +118,40 @@ def cifar100_root(tmp_path, skip_cifar_md5) -> Path:
         _pickle({"data": _cifar_images(fine), "fine_labels": fine.tolist()}, folder / split)
     _pickle({"fine_label_names": [f"fine{i:02d}" for i in range(100)]}, folder / "meta")
     return folder.parent
+
+
+def _write_google_npz(model, path) -> None:
+    """Write `model` in the layout of Google's ViT .npz checkpoints (non-big_vision naming)."""
+    t = lambda x: x.detach().numpy().astype(np.float32)
+    d, heads = model.embed_dim, model.blocks[0].attn.num_heads
+    w = {
+        "embedding/kernel": t(model.patch_embed.proj.weight).transpose(2, 3, 1, 0),  # OIHW -> HWIO
+        "embedding/bias": t(model.patch_embed.proj.bias),
+        "cls": t(model.cls_token),
+        "Transformer/posembed_input/pos_embedding": t(model.pos_embed),
+        "Transformer/encoder_norm/scale": t(model.norm.weight),
+        "Transformer/encoder_norm/bias": t(model.norm.bias),
+        "head/kernel": t(model.head.weight).T,
+        "head/bias": t(model.head.bias),
+    }
+    for i, blk in enumerate(model.blocks):
+        p = f"Transformer/encoderblock_{i}/"
+        a = p + "MultiHeadDotProductAttention_1/"
+        w[p + "LayerNorm_0/scale"], w[p + "LayerNorm_0/bias"] = t(blk.norm1.weight), t(blk.norm1.bias)
+        w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = t(blk.norm2.weight), t(blk.norm2.bias)
+        qkv_w, qkv_b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
+        for j, name in enumerate(("query", "key", "value")):
+            w[a + f"{name}/kernel"] = qkv_w[j * d:(j + 1) * d].T.reshape(d, heads, d // heads)
+            w[a + f"{name}/bias"] = qkv_b[j * d:(j + 1) * d].reshape(heads, d // heads)
+        w[a + "out/kernel"] = t(blk.attn.proj.weight).reshape(d, heads, d // heads).transpose(1, 2, 0)
+        w[a + "out/bias"] = t(blk.attn.proj.bias)
+        for r, fc in enumerate((blk.mlp.fc1, blk.mlp.fc2)):
+            w[p + f"MlpBlock_3/Dense_{r}/kernel"] = t(fc.weight).T
+            w[p + f"MlpBlock_3/Dense_{r}/bias"] = t(fc.bias)
+    np.savez(path, **w)
+
+
+@pytest.fixture
+def write_google_npz():
+    """_write_google_npz(timm_vit, path): the ViT's weights in Google's .npz layout, as ViT-B_16.npz is."""
+    return _write_google_npz

@@ -21,10 +21,12 @@ HOW_TO = (
 
 
 def create_backbone(det_cfg) -> nn.Module:
-    """The configured ViT with num_classes=2, weights per detector.pretrained, and a zeroed head.
+    """The configured ViT with num_classes=2, weights per detector.pretrained, and a fresh head.
 
-    The head starts at zero whatever the weights, as the authors' `zero_head=True`: timm keeps a
-    checkpoint's head when its size happens to match, which would not be a fresh head.
+    The head starts from PyTorch's default Linear initialisation whatever the weights, as in the authors'
+    model (their `zero_head=True` only skips loading the checkpoint's head): a zero head would give the
+    backbone no gradient at first. timm keeps a checkpoint's head when its size happens to match, and
+    initialises its own differently, so the head is reset here.
     """
     pretrained = str(det_cfg.pretrained)
     kwargs = _architecture_kwargs(det_cfg)
@@ -46,14 +48,16 @@ def create_backbone(det_cfg) -> nn.Module:
     else:
         model = _create_from_hub(pretrained, det_cfg.backbone, kwargs)
 
-    with torch.no_grad():
-        model.head.weight.zero_()
-        model.head.bias.zero_()
+    model.head.reset_parameters()
     return model
 
 
 def _architecture_kwargs(det_cfg) -> dict:
-    return {"num_classes": 2, "img_size": det_cfg.img_size, **{k: v for k, v in det_cfg.arch.items() if v is not None}}
+    # The authors' ViT drops out after the embeddings and after the activation and the output of every MLP:
+    # timm's pos_drop_rate and proj_drop_rate (whose attention-projection half is switched off in _create).
+    dropout = {"pos_drop_rate": det_cfg.dropout, "proj_drop_rate": det_cfg.dropout}
+    arch = {k: v for k, v in det_cfg.arch.items() if v is not None}
+    return {"num_classes": 2, "img_size": det_cfg.img_size, **dropout, **arch}
 
 
 def create_architecture(det_cfg) -> nn.Module:
@@ -76,6 +80,8 @@ def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
         raise FitmError(f"detector.arch/img_size {kwargs}: not accepted by timm model {name!r} ({e})") from e
     if not all(hasattr(model, a) for a in ("blocks", "patch_embed", "forward_head")):
         raise FitmError(f"detector.backbone={name!r} is not a timm VisionTransformer")
+    for block in model.blocks:
+        block.attn.proj_drop.p = 0.0  # none in attention, as in the authors' ViT
     return model
 
 

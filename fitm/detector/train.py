@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from fitm.detector.backbone import features
 from fitm.detector.transforms import BatchTransform
 from fitm.errors import FitmError
 from fitm.io import save_csv
-from fitm.runtime import autocast, log, progress
+from fitm.runtime import autocast, compiled, log, progress
 
 
 def _images(array: np.ndarray, name: str) -> np.ndarray:
@@ -46,6 +47,7 @@ def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, d
     batch = int(det_cfg.batch_size)
     steps = -(-total // batch)
     model.to(device).train()
+    forward = compiled(model, det_cfg.compile)
 
     rows = []
     bar = progress(total=det_cfg.epochs * steps, desc="detector")
@@ -67,7 +69,7 @@ def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, d
             x = torch.cat(parts) if len(parts) > 1 else parts[0]
             y = (torch.arange(len(chunk), device=device) >= k).long()
             with autocast(device, det_cfg.amp):
-                logits = model(x)
+                logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -95,10 +97,11 @@ def extract_features(model, images: np.ndarray, det_cfg, device) -> torch.Tensor
     device = torch.device(device)
     transform = BatchTransform(det_cfg, device)
     model.to(device).eval()
+    forward = compiled(functools.partial(features, model), det_cfg.compile)
     size = int(det_cfg.feature_batch_size)
     out = []
     for start in progress(range(0, len(images), size), desc="features"):
         x = transform(torch.from_numpy(np.ascontiguousarray(images[start:start + size])))
         with autocast(device, det_cfg.amp):
-            out.append(features(model, x).float())
+            out.append(forward(x).float())
     return torch.cat(out)

@@ -44,6 +44,17 @@ def check_sampling_config(cfg) -> None:
         raise FitmError(f"sampling.batch_size={cfg.batch_size!r} must be a positive integer")
 
 
+def nfe(cfg) -> dict:
+    """Network evaluations per sample: predictor, corrector and the final denoising step, so that sampler
+    comparisons count the same thing. The ODE solver is adaptive: its predictor count is not known in advance."""
+    check_sampling_config(cfg)
+    predictor = None if cfg.method == "ode" else cfg.steps
+    corrector = cfg.steps * cfg.corrector_steps if cfg.corrector != "none" else 0
+    denoise = int(bool(cfg.denoise))
+    total = None if predictor is None else predictor + corrector + denoise
+    return {"predictor": predictor, "corrector": corrector, "denoise": denoise, "total": total}
+
+
 def sample(
     fn: ScoreFn,
     sde: VPSDE,

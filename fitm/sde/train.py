@@ -18,7 +18,7 @@ from torch import nn
 from fitm.errors import FitmError
 from fitm.io import fingerprint, save_csv, save_torch
 from fitm.report import save_grid
-from fitm.runtime import autocast, log, progress, seed_everything
+from fitm.runtime import autocast, compiled, log, progress, seed_everything
 from fitm.sde.losses import dsm_loss
 from fitm.sde.sampling import check_sampling_config, sample
 from fitm.sde.sde import VPSDE
@@ -44,7 +44,9 @@ class ScoreTrainer:
         self.config, self.tcfg, self.device = config, config.training, torch.device(device)
         seed_everything(config.seed)
         self.sde = VPSDE.from_config(config.sde)
-        self.model = ScoreUNet(config.model, config.data.image_size).to(self.device)
+        self.model = ScoreUNet(config.model, config.data.image_size)
+        self.model.to(self.device, memory_format=memory_format(self.tcfg))
+        self.forward = compiled(self.model, self.tcfg.compile)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.params, self.ema_params = list(self.model.parameters()), list(self.ema.parameters())
         self.opt = torch.optim.Adam(
@@ -60,14 +62,14 @@ class ScoreTrainer:
         """One optimisation step; returns its learning rate. Nothing here waits for the device."""
         tcfg, gen, device, batch = self.tcfg, self.gen, self.device, self.tcfg.batch_size
         idx = torch.randint(self.data.shape[0], (batch,), generator=gen, device=device)
-        x = self.data[idx].float() / 127.5 - 1
+        x = (self.data[idx].float() / 127.5 - 1).contiguous(memory_format=memory_format(tcfg))
         flip = torch.rand(batch, generator=gen, device=device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         lr = tcfg.lr * min(step / tcfg.warmup, 1.0) if tcfg.warmup > 0 else tcfg.lr
         for group in self.opt.param_groups:
             group["lr"] = lr
         with autocast(device, tcfg.amp):
-            loss = dsm_loss(self.model, self.sde, x, gen, tcfg.eps)
+            loss = dsm_loss(self.forward, self.sde, x, gen, tcfg.eps)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.grad_clip > 0:
@@ -187,7 +189,7 @@ def generate_fakes(ckpt_path: str | Path, config, count: int, seed: int, device:
     model = load_ema_model(ckpt_path, config, device)
     sde = VPSDE.from_config(config.sde)
     size, bs = config.data.image_size, config.sampling.batch_size
-    eps_fn = model_eps_fn(model, device, config.training.amp)
+    eps_fn = model_eps_fn(model, device, config.training)
     gen = torch.Generator(device).manual_seed(seed)
     out = np.empty((count, size, size, 3), dtype=np.uint8)
     for lo in progress(range(0, count, bs), desc="fakes", total=-(-count // bs)):
@@ -203,20 +205,28 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def model_eps_fn(model: nn.Module, device: torch.device, amp: bool = True):
-    """The network as a float32 epsilon function for the samplers, under bf16 autocast on GPU."""
+def model_eps_fn(model: nn.Module, device: torch.device, tcfg):
+    """The network as a float32 epsilon function for the samplers, with the training section's precision
+    (bf16 autocast on GPU when training.amp), memory format and compilation."""
+    model = model.to(memory_format=memory_format(tcfg))
+    forward = compiled(model, tcfg.compile)
 
     def eps_fn(x, t):
-        with autocast(device, amp):
-            return model(x, t).float()
+        with autocast(device, tcfg.amp):
+            return forward(x.contiguous(memory_format=memory_format(tcfg)), t).float()
 
     return eps_fn
+
+
+def memory_format(tcfg) -> torch.memory_format:
+    """channels_last when training.channels_last: faster convolutions on some GPUs, the same results."""
+    return torch.channels_last if tcfg.channels_last else torch.contiguous_format
 
 
 def _write_grid(ema: nn.Module, config, device: torch.device, path: Path) -> None:
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
     x = sample(
-        model_eps_fn(ema, device, config.training.amp), sde, (GRID_IMAGES, 3, size, size), config.sampling,
+        model_eps_fn(ema, device, config.training), sde, (GRID_IMAGES, 3, size, size), config.sampling,
         config.seed, device,
     )
     save_grid(to_uint8(x), path, nrow=8)

@@ -1,8 +1,9 @@
 """DDPM++ score network (Song et al. 2021, "DDPM++ continuous"): the NCSN++ U-Net with progressive='none'
 and no FIR filters. It predicts the noise epsilon in x_t = a(t) x_0 + s(t) epsilon; the score is -epsilon / s(t).
 
-Initialisation follows the recipe: fan-average uniform (Xavier) weights, zero biases, and the last layer of every
-residual branch (and of the network) set to zero, so each block starts as the identity."""
+Initialisation follows the reference: fan-average uniform (Xavier) weights, zero biases, the attention's q/k/v
+projections at a tenth of that variance, and the last layer of every residual branch (and of the network) set to
+zero, so each block starts as the identity."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def _init(layer: nn.Module, zero: bool = False) -> nn.Module:
         nn.init.xavier_uniform_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+ATTENTION_INIT_SCALE = 0.1  # the reference's default_init(0.1) for q, k, v: variance 0.1 / fan_avg
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -93,7 +97,7 @@ class Attention(nn.Module):
         self.norm = _norm(ch)
         self.qkv = nn.Linear(ch, 3 * ch)
         for w in self.qkv.weight.chunk(3):  # q, k and v each initialised as its own ch x ch layer
-            nn.init.xavier_uniform_(w)
+            nn.init.xavier_uniform_(w, gain=ATTENTION_INIT_SCALE**0.5)
         nn.init.zeros_(self.qkv.bias)
         self.out = _init(nn.Linear(ch, ch), zero=True)
         self.out_scale = 1 / math.sqrt(2) if skip_rescale else 1.0

@@ -13,8 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from fitm.cli import main
+
+
+def _digits_train_index():
+    """The digits adapter's fixed split: indices of its training half."""
+    from sklearn.model_selection import train_test_split
+
+    labels = load_digits().target
+    return train_test_split(np.arange(len(labels)), test_size=0.5, stratify=labels, random_state=0)[0]
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny_digits.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -52,10 +61,9 @@ def test_pipeline_writes_every_artifact(digits_run):
     assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["class"] == "3"
     with open(digits_run / "scores.csv") as f:
         assert len(list(csv.DictReader(f))) == metrics["n_test"]
-    # as many fakes as normal training images (bank + held-out normals)
-    config = json.loads((digits_run / "config.json").read_text())
-    n_normal = metrics["n_train"] + round(config["detector"]["holdout_fraction"] * len(fakes))
-    assert len(fakes) == n_normal
+    # as many fakes as normal training images, and every normal training image is in the kNN bank
+    assert len(fakes) == metrics["n_train"] == int((load_digits().target[_digits_train_index()] == 3).sum())
+    assert metrics["threshold_from"] == "leave-one-out scores of the bank" and metrics["threshold"] > 0
     log = (digits_run / "fitm.log").read_text()
     assert log.count("generate: wrote") == 1 and "fakes.npy is up to date, skipped" in log
 
@@ -238,6 +246,26 @@ def test_detect_with_nnd_and_fsde_on_cifar10(capsys, tmp_path, cifar10_root, cif
     assert table[metrics["nnd"]["min_class"]] == metrics["nnd"]["min_auroc"]
     assert 0 <= metrics["fsde_auroc"] <= 1
     assert "NND min AUROC" in out and "FSDE AUROC" in out
+
+
+def test_fakes_file_is_sliced_or_refused_by_its_length(capsys, tmp_path, cifar10_root):
+    """10 normals per class in the fixture: 10 fakes are one class's, 100 all classes' in the authors' layout
+    (class 2's slice is used); any other length is one clear line and exit 2, and nothing is trained."""
+    rng = np.random.default_rng(0)
+    args = ["detect", "--config", TINY, "--set", "data.name=cifar10", "--class", "bird", "--data-root",
+            str(cifar10_root), "--out", str(tmp_path / "runs"), "--quiet"]
+    np.save(tmp_path / "bad.npy", rng.integers(0, 256, (37, 32, 32, 3), dtype=np.uint8))
+    code, _, err = run_cli(capsys, *args, "--fakes", str(tmp_path / "bad.npy"))
+    assert code == 2 and err.count("\n") == 1 and "holds 37 images" in err and "(10," in err and "(100)" in err
+    assert not (tmp_path / "runs/cifar10/bird/detector").exists()
+
+    all_classes = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "all.npy", all_classes)
+    code, _, err = run_cli(capsys, *args, "--fakes", str(tmp_path / "all.npy"))
+    assert code == 0, err
+    run = tmp_path / "runs/cifar10/bird"
+    assert json.loads((run / "metrics.json").read_text())["n_train"] == 10
+    assert "holds all 10 classes in the authors' layout; using class 2" in (run / "fitm.log").read_text()
 
 
 def test_fakes_that_are_not_uint8_nhwc_are_refused(capsys, tmp_path):

@@ -33,61 +33,60 @@ def source_vit(img_size=32, num_classes=2, **arch):
     return model.eval()
 
 
-def export_google_npz(model, path):
-    """Write `model` in the layout of Google's ViT .npz checkpoints (non-big_vision naming)."""
-    t = lambda x: x.detach().numpy().astype(np.float32)
-    d, heads = model.embed_dim, model.blocks[0].attn.num_heads
-    w = {
-        "embedding/kernel": t(model.patch_embed.proj.weight).transpose(2, 3, 1, 0),  # OIHW -> HWIO
-        "embedding/bias": t(model.patch_embed.proj.bias),
-        "cls": t(model.cls_token),
-        "Transformer/posembed_input/pos_embedding": t(model.pos_embed),
-        "Transformer/encoder_norm/scale": t(model.norm.weight),
-        "Transformer/encoder_norm/bias": t(model.norm.bias),
-        "head/kernel": t(model.head.weight).T,
-        "head/bias": t(model.head.bias),
-    }
-    for i, blk in enumerate(model.blocks):
-        p = f"Transformer/encoderblock_{i}/"
-        a = p + "MultiHeadDotProductAttention_1/"
-        w[p + "LayerNorm_0/scale"], w[p + "LayerNorm_0/bias"] = t(blk.norm1.weight), t(blk.norm1.bias)
-        w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = t(blk.norm2.weight), t(blk.norm2.bias)
-        qkv_w, qkv_b = t(blk.attn.qkv.weight), t(blk.attn.qkv.bias)
-        for j, name in enumerate(("query", "key", "value")):
-            w[a + f"{name}/kernel"] = qkv_w[j * d:(j + 1) * d].T.reshape(d, heads, d // heads)
-            w[a + f"{name}/bias"] = qkv_b[j * d:(j + 1) * d].reshape(heads, d // heads)
-        w[a + "out/kernel"] = t(blk.attn.proj.weight).reshape(d, heads, d // heads).transpose(1, 2, 0)
-        w[a + "out/bias"] = t(blk.attn.proj.bias)
-        for r, fc in enumerate((blk.mlp.fc1, blk.mlp.fc2)):
-            w[p + f"MlpBlock_3/Dense_{r}/kernel"] = t(fc.weight).T
-            w[p + f"MlpBlock_3/Dense_{r}/bias"] = t(fc.bias)
-    np.savez(path, **w)
-
-
 def images(n=3, size=32, seed=0):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def test_npz_loads_google_layout_with_zeroed_head(tmp_path):
+def test_npz_loads_google_layout_with_a_fresh_default_initialised_head(tmp_path, write_google_npz):
     src = source_vit()  # a 2-way head: timm would copy it, but the discriminator's head must start fresh
-    export_google_npz(src, tmp_path / "vit.npz")
+    write_google_npz(src, tmp_path / "vit.npz")
+    torch.manual_seed(5)
     model = create_backbone(tiny_cfg(pretrained=str(tmp_path / "vit.npz"))).eval()
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(features(model, x), features(src, x), atol=1e-5, rtol=1e-5)
-        assert torch.count_nonzero(model.head.weight) == 0 and torch.count_nonzero(model.head.bias) == 0
-        assert torch.count_nonzero(model(x)) == 0
+    # PyTorch's default Linear init, as the authors' head: not zero (the backbone gets a gradient from the
+    # first step), not the checkpoint's, and within kaiming-uniform's bound 1 / sqrt(fan_in).
+    head, bound = model.head, 1 / 64 ** 0.5
+    assert head.weight.abs().max() <= bound and head.bias.abs().max() <= bound
+    assert head.weight.abs().max() > bound / 2 and torch.count_nonzero(head.bias) == 2
+    assert not torch.equal(head.weight, src.head.weight)
+    torch.manual_seed(5)
+    reference = torch.nn.Linear(64, 2)
+    torch.manual_seed(5)
+    again = create_backbone(tiny_cfg(pretrained=str(tmp_path / "vit.npz")))
+    assert torch.equal(again.head.weight, model.head.weight)  # seeded
+    assert reference.weight.std().item() == pytest.approx(head.weight.std().item(), rel=0.5)
 
 
-def test_npz_position_embedding_resampled_to_img_size(tmp_path):
-    export_google_npz(source_vit(img_size=48, num_classes=10), tmp_path / "vit.npz")
+def test_dropout_sits_where_the_authors_vit_has_it():
+    """0.1 after the embeddings and after the MLP's activation and output; none in attention or before the
+    head; active in train mode only."""
+    model = create_backbone(tiny_cfg())
+    rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    for i in range(ARCH["depth"]):
+        assert rates[f"blocks.{i}.mlp.drop1"] == rates[f"blocks.{i}.mlp.drop2"] == 0.1
+        assert rates[f"blocks.{i}.attn.proj_drop"] == rates[f"blocks.{i}.attn.attn_drop"] == 0.0
+    assert rates["pos_drop"] == 0.1 and rates.get("head_drop", 0.0) == 0.0
+    x = images()
+    with torch.no_grad():
+        model.train()
+        assert not torch.equal(features(model, x), features(model, x))
+        model.eval()
+        assert torch.equal(features(model, x), features(model, x))
+    off = create_backbone(tiny_cfg(dropout=0.0))
+    assert all(m.p == 0.0 for m in off.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_npz_position_embedding_resampled_to_img_size(tmp_path, write_google_npz):
+    write_google_npz(source_vit(img_size=48, num_classes=10), tmp_path / "vit.npz")
     model = create_backbone(tiny_cfg(pretrained=str(tmp_path / "vit.npz")))
     assert model.pos_embed.shape == (1, 1 + 16, 64)
     assert features(model, images()).shape == (3, 64)
 
 
-def test_npz_of_other_architecture_raises(tmp_path):
-    export_google_npz(source_vit(embed_dim=32), tmp_path / "small.npz")
+def test_npz_of_other_architecture_raises(tmp_path, write_google_npz):
+    write_google_npz(source_vit(embed_dim=32), tmp_path / "small.npz")
     with pytest.raises(FitmError, match="small.npz"):
         create_backbone(tiny_cfg(pretrained=str(tmp_path / "small.npz")))
 
@@ -102,7 +101,7 @@ def test_state_dict_round_trip(tmp_path, suffix):
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(features(model, x), features(src, x), atol=0, rtol=0)
-    assert torch.count_nonzero(model.head.weight) == 0
+    assert model.head.weight.shape == (2, 64) and torch.count_nonzero(model.head.weight) == 128  # fresh head
 
 
 def test_state_dict_position_embedding_resampled(tmp_path):

@@ -36,3 +36,14 @@ def test_bad_k_or_shapes_raise():
         knn_scores(torch.randn(2, 4), bank, k=4)
     with pytest.raises(FitmError, match="expected"):
         knn_scores(torch.randn(2, 5), bank)
+
+
+def test_leave_one_out_scores_each_bank_feature_against_the_rest():
+    from fitm.detector.knn import leave_one_out_scores
+
+    bank = torch.randn(30, 8, generator=torch.Generator().manual_seed(3)) * 2
+    loo = leave_one_out_scores(bank, k=2)
+    rest = [brute_force(bank[i:i + 1], torch.cat([bank[:i], bank[i + 1:]]), 2) for i in range(len(bank))]
+    torch.testing.assert_close(loo.double(), torch.cat(rest), rtol=1e-4, atol=1e-3)
+    with pytest.raises(FitmError, match=r"detector\.k=30"):
+        leave_one_out_scores(bank, k=30)

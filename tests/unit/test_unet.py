@@ -64,3 +64,27 @@ def test_skip_rescale_changes_the_network():
 def test_image_size_the_network_cannot_take_is_refused(size):
     with pytest.raises(FitmError, match=r"data\.image_size.*model\.ch_mult"):
         ScoreUNet(small_cfg(ch_mult=(1, 2, 2)), size)
+
+
+def test_attention_projections_start_at_the_reference_scale():
+    """score_sde's NIN layers in AttnBlockpp: default_init(0.1), uniform with variance 0.1 / fan_avg."""
+    ch = 256
+    attn = Attention(ch, skip_rescale=True)
+    for w in attn.qkv.weight.chunk(3):
+        assert w.std().item() == pytest.approx((0.1 / ch) ** 0.5, rel=0.03)
+    assert not attn.out.weight.any()  # NIN_3: init_scale 0
+
+
+def test_dsm_loss_is_per_pixel_mean_and_gradients_are_within_clipping_order():
+    """The DDPM++ continuous config averages the loss over pixels (reduce_mean): a fresh model (zero output)
+    scores E[z^2] = 1 per image, not the pixel count, and its first gradient is of the order of the clip (1.0)."""
+    from fitm.sde import VPSDE, dsm_loss
+
+    cfg = small_cfg(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
+    model = ScoreUNet(cfg, 16)
+    x0 = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    loss = dsm_loss(model, VPSDE(), x0, torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(1.0, abs=0.05)
+    loss.backward()
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    assert 1e-3 < grad_norm.item() < 10.0, grad_norm

@@ -1,0 +1,139 @@
+"""Are the fakes near-misses of the class, or blank squares? The degenerate fraction (flat, dark or bright
+images; `fakes.degenerate` in the config) and the nearness of the fakes of every score-model snapshot under
+several samplers, beside the same figures for the normal training images.
+
+    OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 3 --out runs/fakes-study
+    OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 --samplers em50 ddim50 --set training.lr=2e-4
+
+The score model of each class is trained (or reused) in <out>/cifar10/<class>/ exactly as `fitm generate`
+does; each snapshot x sampler cell draws --count fakes with the same seed. Writes <out>/fakes.csv, fakes.md
+and <out>/<class>_grid.png (one grid per cell: rows snapshots, columns samplers), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fitm import stages  # noqa: E402
+from fitm.config import apply_overrides, load_config  # noqa: E402
+from fitm.data import load_split  # noqa: E402
+from fitm.io import save_csv, save_text  # noqa: E402
+from fitm.report import _save_figure, grid  # noqa: E402
+from fitm.runtime import resolve_device, set_quiet  # noqa: E402
+from fitm.sde.degenerate import degenerate_masks  # noqa: E402
+from fitm.sde.early_stop import nearness  # noqa: E402
+from fitm.sde.train import checkpoint_step, generate_fakes, train_score_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
+
+SAMPLERS = {
+    "em50": dict(method="euler_maruyama", steps=50, corrector="none"),
+    "em100": dict(method="euler_maruyama", steps=100, corrector="none"),
+    "em1000": dict(method="euler_maruyama", steps=1000, corrector="none"),
+    "ddim50": dict(method="ddim", steps=50, corrector="none"),
+    "rd100": dict(method="reverse_diffusion", steps=100, corrector="none"),
+    "pc100": dict(method="reverse_diffusion", steps=100, corrector="langevin"),
+    "em50_nodenoise": dict(method="euler_maruyama", steps=50, corrector="none", denoise=False),
+}
+
+
+def cell(config, checkpoint: Path, sampler: str, count: int, normal, held, device) -> tuple[dict, np.ndarray]:
+    cfg = copy.deepcopy(config)
+    cfg.sampling.update({"denoise": True, **SAMPLERS[sampler]})
+    start = time.perf_counter()
+    fakes = generate_fakes(checkpoint, cfg, count, cfg.seed, device)
+    seconds = time.perf_counter() - start
+    masks = degenerate_masks(fakes, cfg.fakes.degenerate)
+    row = {"step": checkpoint_step(checkpoint), "sampler": sampler,
+           **{name: float(mask.mean()) for name, mask in masks.items()},
+           **nearness(normal, fakes, held, device), "seconds": seconds}
+    return row, fakes
+
+
+def class_study(config, out: Path, samplers: list[str], count: int, device) -> list[dict]:
+    split = load_split(config.data)
+    run = stages.Run(dir=stages.run_dir(out, config), config=config, split=split, device=device)
+    clock = time.perf_counter()
+    checkpoints = train_score_model(split.normal_train, config, run.dir / "sde", device)
+    print(f"class {split.class_name}: score model ready in {(time.perf_counter() - clock) / 60:.1f} min", flush=True)
+    # Held-out normals are the yardstick of nearness; as many others, outside the bank, are its reference row.
+    order = np.random.default_rng(config.seed).permutation(len(split.normal_train))
+    held, probe = split.normal_train[order[:count]], split.normal_train[order[count:2 * count]]
+    normal = split.normal_train[order[2 * count:]]
+    base = {name: float(mask.mean()) for name, mask in degenerate_masks(split.normal_train,
+                                                                       config.fakes.degenerate).items()}
+    rows = [{"class": split.class_name, "step": 0, "sampler": "normal images", **base,
+             **nearness(normal, probe, held, device), "seconds": 0.0}]
+    pictures = {}
+    for checkpoint in checkpoints:
+        for sampler in samplers:
+            row, fakes = cell(config, checkpoint, sampler, count, normal, held, device)
+            rows.append({"class": split.class_name, **row})
+            pictures[row["step"], sampler] = fakes[:36]
+            print(f"  step {row['step']:>5} {sampler:<15} degenerate {100 * row['degenerate']:5.1f}% "
+                  f"(flat {100 * row['flat']:.1f}, dark {100 * row['dark']:.1f}, bright {100 * row['bright']:.1f}), "
+                  f"nearness {row['nearness']:.2f}, {row['seconds']:.0f} s", flush=True)
+    draw(pictures, [checkpoint_step(c) for c in checkpoints], samplers, split.class_name,
+         out / f"{split.class_name}_grid.png")
+    return rows
+
+
+def draw(pictures: dict, steps: list[int], samplers: list[str], name: str, path: Path) -> None:
+    fig, axes = plt.subplots(len(steps), len(samplers), figsize=(2.6 * len(samplers), 2.8 * len(steps)),
+                             squeeze=False)
+    for r, step in enumerate(steps):
+        for c, sampler in enumerate(samplers):
+            ax = axes[r, c]
+            ax.imshow(grid(pictures[step, sampler], nrow=6), interpolation="nearest")
+            ax.set_title(f"{name} step {step}\n{sampler}", fontsize=8)
+            ax.axis("off")
+    _save_figure(fig, path)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| class | step | sampler | degenerate % | flat % | dark % | bright % | closeness | coverage | nearness "
+             "| seconds |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['class']} | {r['step'] or ''} | {r['sampler']} | {100 * r['degenerate']:.1f} | "
+              f"{100 * r['flat']:.1f} | {100 * r['dark']:.1f} | {100 * r['bright']:.1f} | {r['closeness']:.2f} | "
+              f"{r['coverage']:.2f} | {r['nearness']:.2f} | {r['seconds']:.0f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="cifar10-jpeg.tar.gz or its unpacked tree")
+    parser.add_argument("--config", default=str(REPO / "configs" / "cifar10_cpu.py"))
+    parser.add_argument("--classes", nargs="+", default=["0", "3"])
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--count", type=int, default=256, help="fakes per snapshot and sampler")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "fakes-study")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    set_quiet(args.quiet)
+    base = apply_overrides(load_config(path=args.config), args.overrides)
+    if base.data.name == "cifar10":
+        base.data.root = str(cifar_tree(args.data))
+    rows = []
+    for name in args.classes:
+        config = copy.deepcopy(base)
+        config.data.normal_class = name
+        rows += class_study(config, args.out, args.samplers, args.count, resolve_device(config.device))
+        save_csv(rows, args.out / "fakes.csv")  # after every class, so a stopped run keeps what it measured
+        save_text(markdown(rows) + "\n", args.out / "fakes.md")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
