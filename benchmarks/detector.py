@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from fitm.configs.default import get_config
-from fitm.detector import create_backbone, extract_features, features, freeze, knn_scores, train_discriminator
-from fitm.runtime import resolve_device, set_quiet
+from fitm.detector import create_backbone, extract_features, features, freeze, train_discriminator
+from fitm.knn import knn_scores
+from fitm.runtime import Runtime
 
 
 class PILImages(Dataset):
@@ -56,15 +57,16 @@ def sync(device):
 def make_model(cfg, device):
     torch.manual_seed(0)
     model = create_backbone(cfg)
-    freeze(model, min(cfg.frozen_blocks, len(model.blocks)))
+    freeze(model, cfg.frozen_blocks)
     return model.to(device)
 
 
 def fitm_train(cfg, normal, fakes, device) -> float:
     model = make_model(cfg, device)
     # two batches first, so the timed run pays for no kernel selection or allocator growth
-    train_discriminator(model, normal[:cfg.batch_size], fakes[:cfg.batch_size], cfg, device, seed=0)
-    return train_discriminator(model, normal, fakes, cfg, device, seed=0)[0]["images_per_s"]
+    runtime = Runtime.local(device, quiet=True)
+    train_discriminator(model, normal[:cfg.batch_size], fakes[:cfg.batch_size], cfg, runtime, seed=0)
+    return train_discriminator(model, normal, fakes, cfg, runtime, seed=0)[0]["images_per_s"]
 
 
 def authors_train(cfg, normal, fakes, device, batch_size, steps, workers) -> float:
@@ -92,10 +94,11 @@ def authors_train(cfg, normal, fakes, device, batch_size, steps, workers) -> flo
 
 def fitm_features(cfg, images, device) -> float:
     model = make_model(cfg, device)
-    extract_features(model, images[:cfg.feature_batch_size], cfg, device)
+    runtime = Runtime.local(device, quiet=True)
+    extract_features(model, images[:cfg.feature_batch_size], cfg, runtime)
     sync(device)
     start = time.perf_counter()
-    extract_features(model, images, cfg, device)
+    extract_features(model, images, cfg, runtime)
     sync(device)
     return len(images) / (time.perf_counter() - start)
 
@@ -148,9 +151,8 @@ def main():
     parser.add_argument("--knn-dim", type=int, default=768, help="feature size (ViT-B/16: 768)")
     args = parser.parse_args()
 
-    set_quiet(True)
     logging.getLogger("fitm").setLevel(logging.ERROR)  # the random-weights warning is expected here
-    device = resolve_device(args.device)
+    device = Runtime.local(args.device).device
     gpu = device.type == "cuda"
     torch.backends.cudnn.benchmark = gpu
     cfg = get_config().detector

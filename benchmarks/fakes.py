@@ -3,7 +3,7 @@ images; `fakes.degenerate` in the config) and the nearness of the fakes of every
 several samplers, beside the same figures for the normal training images.
 
     OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 3 --out runs/fakes-study
-    OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 --samplers em50 ddim50 --set training.lr=2e-4
+    OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 --samplers em50 ddim50 --clip on
 
 The score model of each class is trained (or reused) in <out>/cifar10/<class>/ exactly as `fitm generate`
 does; each snapshot x sampler cell draws --count fakes with the same seed. Writes <out>/fakes.csv, fakes.md
@@ -24,15 +24,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fitm import stages  # noqa: E402
 from fitm.config import apply_overrides, load_config  # noqa: E402
 from fitm.data import load_split  # noqa: E402
+from fitm.data.images import grid  # noqa: E402
 from fitm.io import save_csv, save_text  # noqa: E402
-from fitm.report import _save_figure, grid  # noqa: E402
-from fitm.runtime import resolve_device, set_quiet  # noqa: E402
+from fitm.report import _save_figure  # noqa: E402
+from fitm.run import Run, score_model_key  # noqa: E402
+from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde.degenerate import degenerate_masks  # noqa: E402
 from fitm.sde.early_stop import nearness  # noqa: E402
-from fitm.sde.train import checkpoint_step, generate_fakes, train_score_model  # noqa: E402
+from fitm.sde.sampling import nfe  # noqa: E402
+from fitm.sde.train import ema_model, generate_fakes, train_score_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
@@ -46,26 +48,30 @@ SAMPLERS = {
     "pc100": dict(method="reverse_diffusion", steps=100, corrector="langevin"),
     "em50_nodenoise": dict(method="euler_maruyama", steps=50, corrector="none", denoise=False),
 }
+CLIP = {"off": [False], "on": [True], "both": [False, True]}
 
 
-def cell(config, checkpoint: Path, sampler: str, count: int, normal, held, device) -> tuple[dict, np.ndarray]:
+def cell(config, model, step: int, sampler: str, clip: bool, count: int, normal, held,
+         runtime: Runtime) -> tuple[dict, np.ndarray]:
     cfg = copy.deepcopy(config)
-    cfg.sampling.update({"denoise": True, **SAMPLERS[sampler]})
+    cfg.sampling.update({"denoise": True, **SAMPLERS[sampler], "clip_denoised": clip})
     start = time.perf_counter()
-    fakes = generate_fakes(checkpoint, cfg, count, cfg.seed, device)
+    fakes = generate_fakes(model, cfg, count, cfg.seed, runtime)
     seconds = time.perf_counter() - start
     masks = degenerate_masks(fakes, cfg.fakes.degenerate)
-    row = {"step": checkpoint_step(checkpoint), "sampler": sampler,
-           **{name: float(mask.mean()) for name, mask in masks.items()},
-           **nearness(normal, fakes, held, device), "seconds": seconds}
+    row = {"step": step, "sampler": sampler, "clip": clip, **{name: float(mask.mean()) for name, mask in masks.items()},
+           **nearness(normal, fakes, held, runtime.device), "nfe": nfe(cfg.sampling)["total"], "seconds": seconds}
     return row, fakes
 
 
-def class_study(config, out: Path, samplers: list[str], count: int, device) -> list[dict]:
+def class_study(config, out: Path, samplers: list[str], clips: list[bool], count: int,
+                runtime: Runtime) -> list[dict]:
     split = load_split(config.data)
-    run = stages.Run(dir=stages.run_dir(out, config), config=config, split=split, device=device)
+    run = Run.of(out, config)
+    run.open()
+    run.sde.prepare(score_model_key(config, split.normal_train))
     clock = time.perf_counter()
-    checkpoints = train_score_model(split.normal_train, config, run.dir / "sde", device)
+    steps = train_score_model(split.normal_train, config, run.sde, runtime)
     print(f"class {split.class_name}: score model ready in {(time.perf_counter() - clock) / 60:.1f} min", flush=True)
     # Held-out normals are the yardstick of nearness; as many others, outside the bank, are its reference row.
     order = np.random.default_rng(config.seed).permutation(len(split.normal_train))
@@ -73,38 +79,43 @@ def class_study(config, out: Path, samplers: list[str], count: int, device) -> l
     normal = split.normal_train[order[2 * count:]]
     base = {name: float(mask.mean()) for name, mask in degenerate_masks(split.normal_train,
                                                                        config.fakes.degenerate).items()}
-    rows = [{"class": split.class_name, "step": 0, "sampler": "normal images", **base,
-             **nearness(normal, probe, held, device), "seconds": 0.0}]
-    pictures = {}
-    for checkpoint in checkpoints:
-        for sampler in samplers:
-            row, fakes = cell(config, checkpoint, sampler, count, normal, held, device)
+    rows = [{"class": split.class_name, "step": 0, "sampler": "normal images", "clip": "", **base,
+             **nearness(normal, probe, held, runtime.device), "nfe": 0, "seconds": 0.0}]
+    pictures, columns = {}, [(sampler, clip) for sampler in samplers for clip in clips]
+    for step in steps:
+        model = ema_model(run.sde.load_checkpoint(step), config, runtime.device)
+        for sampler, clip in columns:
+            row, fakes = cell(config, model, step, sampler, clip, count, normal, held, runtime)
             rows.append({"class": split.class_name, **row})
-            pictures[row["step"], sampler] = fakes[:36]
-            print(f"  step {row['step']:>5} {sampler:<15} degenerate {100 * row['degenerate']:5.1f}% "
+            pictures[step, sampler, clip] = fakes[:36]
+            print(f"  step {step:>5} {label(sampler, clip):<20} degenerate {100 * row['degenerate']:5.1f}% "
                   f"(flat {100 * row['flat']:.1f}, dark {100 * row['dark']:.1f}, bright {100 * row['bright']:.1f}), "
                   f"nearness {row['nearness']:.2f}, {row['seconds']:.0f} s", flush=True)
-    draw(pictures, [checkpoint_step(c) for c in checkpoints], samplers, split.class_name,
-         out / f"{split.class_name}_grid.png")
+    draw(pictures, steps, columns, split.class_name, out / f"{split.class_name}_grid.png")
     return rows
 
 
-def draw(pictures: dict, steps: list[int], samplers: list[str], name: str, path: Path) -> None:
-    fig, axes = plt.subplots(len(steps), len(samplers), figsize=(2.6 * len(samplers), 2.8 * len(steps)),
+def label(sampler: str, clip) -> str:
+    return f"{sampler}+clip" if clip is True else sampler
+
+
+def draw(pictures: dict, steps: list[int], columns: list[tuple[str, bool]], name: str, path: Path) -> None:
+    fig, axes = plt.subplots(len(steps), len(columns), figsize=(2.6 * len(columns), 2.8 * len(steps)),
                              squeeze=False)
     for r, step in enumerate(steps):
-        for c, sampler in enumerate(samplers):
+        for c, (sampler, clip) in enumerate(columns):
             ax = axes[r, c]
-            ax.imshow(grid(pictures[step, sampler], nrow=6), interpolation="nearest")
-            ax.set_title(f"{name} step {step}\n{sampler}", fontsize=8)
+            ax.imshow(grid(pictures[step, sampler, clip], nrow=6), interpolation="nearest")
+            ax.set_title(f"{name} step {step}\n{label(sampler, clip)}", fontsize=8)
             ax.axis("off")
     _save_figure(fig, path)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| class | step | sampler | degenerate % | flat % | dark % | bright % | closeness | coverage | nearness "
-             "| seconds |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['class']} | {r['step'] or ''} | {r['sampler']} | {100 * r['degenerate']:.1f} | "
+    lines = ["| class | step | sampler | NFE | degenerate % | flat % | dark % | bright % | closeness | coverage "
+             "| nearness | seconds |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['class']} | {r['step'] or ''} | {label(r['sampler'], r['clip'])} | {r['nfe'] or ''} | "
+              f"{100 * r['degenerate']:.1f} | "
               f"{100 * r['flat']:.1f} | {100 * r['dark']:.1f} | {100 * r['bright']:.1f} | {r['closeness']:.2f} | "
               f"{r['coverage']:.2f} | {r['nearness']:.2f} | {r['seconds']:.0f} |" for r in rows]
     return "\n".join(lines)
@@ -116,12 +127,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "cifar10_cpu.py"))
     parser.add_argument("--classes", nargs="+", default=["0", "3"])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--clip", choices=list(CLIP), default="both", help="sampling.clip_denoised off, on or both")
     parser.add_argument("--count", type=int, default=256, help="fakes per snapshot and sampler")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "fakes-study")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    set_quiet(args.quiet)
     base = apply_overrides(load_config(path=args.config), args.overrides)
     if base.data.name == "cifar10":
         base.data.root = str(cifar_tree(args.data))
@@ -129,7 +140,8 @@ def main() -> None:
     for name in args.classes:
         config = copy.deepcopy(base)
         config.data.normal_class = name
-        rows += class_study(config, args.out, args.samplers, args.count, resolve_device(config.device))
+        rows += class_study(config, args.out, args.samplers, CLIP[args.clip], args.count,
+                            Runtime.local(config.device, quiet=args.quiet))
         save_csv(rows, args.out / "fakes.csv")  # after every class, so a stopped run keeps what it measured
         save_text(markdown(rows) + "\n", args.out / "fakes.md")
     print(markdown(rows))

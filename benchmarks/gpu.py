@@ -32,7 +32,7 @@ from detector import authors_features, authors_train, fitm_features, fitm_train,
 from sde import sample_rate, sync, train_rate  # noqa: E402
 
 from fitm.config import load_config  # noqa: E402
-from fitm.runtime import resolve_device, set_quiet  # noqa: E402
+from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde import count_parameters  # noqa: E402
 from fitm.sde.sampling import nfe  # noqa: E402
 
@@ -68,9 +68,8 @@ def main() -> None:
     parser.add_argument("--large-batch", type=int, default=256, help="fitm's detector training at this batch too")
     args = parser.parse_args()
 
-    set_quiet(True)
     logging.getLogger("fitm").setLevel(logging.ERROR)  # random weights are expected here
-    device = torch.device("cpu") if args.smoke else resolve_device(args.device)
+    device = torch.device("cpu") if args.smoke else Runtime.local(args.device).device
     gpu = device.type == "cuda"
     torch.backends.cudnn.benchmark = gpu
     config = load_config(path=args.config)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from fitm.configs import cifar10, digits
 
-from fitm.runtime import resolve_device, set_quiet
+from fitm.runtime import Runtime
 from fitm.sde import VPSDE, ScoreTrainer, count_parameters, model_eps_fn, sample
 
 CONFIGS = {"digits": digits.get_config, "cifar10": cifar10.get_config}
@@ -32,7 +32,7 @@ def sync(device: torch.device) -> None:
 def train_rate(config, device: torch.device, steps: int, warmup: int) -> tuple[float, ScoreTrainer]:
     size = config.data.image_size
     images = np.random.default_rng(0).integers(0, 256, (256, size, size, 3), dtype=np.uint8)
-    trainer = ScoreTrainer(images, config, device)
+    trainer = ScoreTrainer(images, config, Runtime.local(device, quiet=True))
     for i in range(1, warmup + 1):
         trainer.step(i)
     sync(device)
@@ -47,7 +47,8 @@ def sample_rate(model, config, device: torch.device, method: str, steps: int, ba
     cfg = copy.deepcopy(config.sampling)
     cfg.update(method=method, steps=steps, corrector="none")
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
-    eps_fn = model_eps_fn(model, device, config.training)
+    runtime = Runtime.local(device, quiet=True)
+    eps_fn = model_eps_fn(model, runtime, config.training)
     shape = (batch, 3, size, size)
     warm = copy.deepcopy(cfg)
     warm.steps = 2
@@ -64,9 +65,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = Runtime.local(args.device).device
     gpu = device.type == "cuda"
-    set_quiet(True)
     torch.backends.cudnn.benchmark = gpu
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if gpu else
                                 f", {torch.get_num_threads()} threads, fp32"))

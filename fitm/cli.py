@@ -1,4 +1,10 @@
-"""The `fitm` command: a thin layer over fitm.stages. Every error is one line on stderr and exit code 2."""
+"""The `fitm` command: a thin layer over fitm.api and fitm.stages. Every error is one line on stderr and exit
+code 2. Heavy modules (torch, timm) are imported only by the commands that run, so `fitm --help` is quick.
+
+Under torchrun (`torchrun --nproc_per_node N -m fitm pipeline ...`) every process runs this same command as
+one rank: `--class all` gives each rank its share of the classes when there are at least as many classes as
+ranks, and otherwise (or with one class) all ranks work together on each class.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,16 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
-from fitm import stages
-from fitm.config import apply_overrides, load_config
-from fitm.data import canonical_class, class_names, load_fakes, load_split
+from fitm import __version__
 from fitm.errors import FitmError
-from fitm.runtime import add_log_file, log, resolve_device, seed_everything, set_quiet
 
 
 def _dataset_options(f):
     options = [
         click.option("--dataset", default=None, help="digits, cifar10, cifar100, mvtec or folder."),
         click.option("--config", "config_path", type=click.Path(), help="A config file instead of --dataset."),
-        click.option("--class", "normal_class", default=None, help="The normal class: index or name."),
+        click.option("--class", "normal_class", default=None, help="The normal class: index or name, or all."),
         click.option("--data-root", type=click.Path(), help="Where the dataset lives."),
         click.option("--download", is_flag=True, help="Download the dataset (torchvision) when online."),
         click.option("--out", default="runs", show_default=True, type=click.Path(), help="Runs folder."),
@@ -32,113 +34,106 @@ def _dataset_options(f):
     return f
 
 
-def _config(dataset, config_path, normal_class, data_root, download, overrides, default_dataset=None):
+def _pretrained_option(f):
+    return click.option("--pretrained", default=None,
+                        help="Backbone weights: .npz/.pth/.safetensors path, timm name, or none.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, package_name="fitm")
+def cli():
+    """fitm: near-distribution novelty detection with fakes from an early-stopped score model (FITYMI)."""
+
+
+def _config(dataset, config_path, data_root, download, overrides, pretrained=None, fakes=None,
+            default_dataset=None):
+    from fitm.api import resolve_config
+
     if dataset and config_path:
         raise FitmError("--dataset and --config: give one, not both")
     if not dataset and not config_path:
         if default_dataset is None:
             raise FitmError("--dataset NAME or --config PATH is required")
         dataset = default_dataset
-    config = load_config(dataset, config_path)
-    if normal_class is not None:
-        config.data.normal_class = str(normal_class)
-    if data_root is not None:
-        config.data.root = str(data_root)
-    if download:
-        config.data.download = True
-    return apply_overrides(config, overrides)
-
-
-def _open_run(config, out, quiet) -> stages.Run:
-    set_quiet(quiet)
-    device = resolve_device(config.device)
-    run_dir = stages.run_dir(out, config)
-    add_log_file(run_dir / "fitm.log")
-    seed_everything(config.seed)
-    split = load_split(config.data)
-    run = stages.Run(dir=run_dir, config=config, split=split, device=device)
-    stages.save_run_config(run)
-    log.info("run %s: %d normal training images, %d test images, device %s",
-             run_dir, len(split.normal_train), len(split.test_images), device)
-    return run
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fitm")
-def cli():
-    """fitm: near-distribution novelty detection with fakes from an early-stopped score model (FITYMI)."""
+    settings = {"data.root": data_root, "data.download": True if download else None,
+                "detector.pretrained": pretrained, "fakes.path": fakes}
+    return resolve_config(dataset, config_path, overrides, {k: v for k, v in settings.items() if v is not None})
 
 
 @cli.command()
 @_dataset_options
 def generate(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet):
     """Train a score model on the normal class and sample early-stopped fakes into the run directory."""
-    config = _config(dataset, config_path, normal_class, data_root, download, overrides)
-    run = _open_run(config, out, quiet)
-    fakes = stages.generate(run, force=force)
-    click.echo(f"{len(fakes)} fakes written to {run.dir / 'fakes.npy'} (picture: {run.dir / 'fakes.png'})")
+    from fitm import api, stages
 
+    config = _config(dataset, config_path, data_root, download, overrides)
 
-def _pretrained(config, pretrained):
-    if pretrained is not None:
-        config.detector.pretrained = pretrained
+    def work(task):
+        fakes = stages.generate(task, force=force)
+        if task.runtime.is_main:
+            meta = task.run.fakes_meta() or {}
+            click.echo(f"{len(fakes)} fakes written to {task.run.path('fakes.npy')} ({100 * meta.get('degenerate_fraction', 0):.1f}% "
+                       f"degenerate; picture: {task.run.path('fakes.png')})")
+
+    api.run_classes(config, normal_class, out, quiet, work, needs_detector=False)
 
 
 @cli.command()
 @_dataset_options
 @click.option("--fakes", "fakes_path", type=click.Path(), help="A .npy of uint8 NHWC fakes (default: the run's).")
-@click.option("--pretrained", default=None, help="ViT weights: .npz/.pth/.safetensors path, timm name, or none.")
+@_pretrained_option
 @click.option("--nnd", is_flag=True, help="CIFAR-10: also score against each CIFAR-100 fine class.")
 @click.option("--fsde", type=click.Path(), help="The CIFAR-10-FSDE fakes .npy: score the normal class against it.")
 def detect(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet,
            fakes_path, pretrained, nnd, fsde):
-    """Fine-tune the ViT on normal vs fakes, score the test set by kNN, and report AUROC."""
-    config = _config(dataset, config_path, normal_class, data_root, download, overrides)
-    _pretrained(config, pretrained)
-    if fakes_path:
-        config.fakes.path = str(fakes_path)
-    run = _open_run(config, out, quiet)
-    if config.fakes.path:
-        fakes = stages.external_fakes(run, config.fakes.path)
-    elif (run.dir / "fakes.npy").exists():
-        fakes = load_fakes(run.dir / "fakes.npy")
-    else:
-        raise FitmError(f"no fakes: pass --fakes PATH, or run `fitm generate` first to write {run.dir / 'fakes.npy'}")
-    model = stages.detect(run, fakes, force=force)
-    result = stages.evaluate(run, model, nnd=nnd, fsde=fsde)
-    _print_result(run, result)
+    """Fine-tune the backbone on normal vs fakes, score the test set by kNN, and report AUROC."""
+    from fitm import api, stages
 
+    config = _config(dataset, config_path, data_root, download, overrides, pretrained, fakes_path)
+    api.check_evaluation(config, nnd, fsde)
 
-def _print_result(run, result):
-    line = f"{run.config.data.name}/{result['class']}: AUROC {100 * result['auroc']:.2f}"
-    if "nnd" in result:
-        line += f", NND min AUROC {100 * result['nnd']['min_auroc']:.2f} ({result['nnd']['min_class']})"
-    if "fsde_auroc" in result:
-        line += f", FSDE AUROC {100 * result['fsde_auroc']:.2f}"
-    click.echo(f"{line}  (report: {run.dir / 'report.html'})")
+    def work(task):
+        model, summary = stages.detect(task, stages.run_fakes(task), force=force)
+        result = stages.evaluate(task, model, summary, nnd=nnd, fsde=fsde)
+        _print_result(task, result)
+        return result
+
+    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=False))
 
 
 @cli.command()
 @_dataset_options
-@click.option("--pretrained", default=None, help="ViT weights: .npz/.pth/.safetensors path, timm name, or none.")
+@_pretrained_option
 def pipeline(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet, pretrained):
     """generate -> detect -> evaluate for one class or `--class all`. With no options: the offline digits demo."""
-    config = _config(dataset, config_path, None, data_root, download, overrides, default_dataset="digits")
-    _pretrained(config, pretrained)
-    classes = class_names(config.data) if normal_class == "all" else [normal_class or config.data.normal_class]
-    results = []
-    for name in classes:
-        config.data.normal_class = str(name)
-        canonical_class(config.data)
-        run = _open_run(config.copy_and_resolve_references(), out, quiet)
-        fakes = stages.external_fakes(run, config.fakes.path) if config.fakes.path else stages.generate(run, force)
-        model = stages.detect(run, fakes, force=force)
-        result = stages.evaluate(run, model)
-        _print_result(run, result)
-        results.append(result)
-    if normal_class == "all":
-        summary = stages.write_summary(Path(out) / config.data.name, results)
-        click.echo(summary)
+    from fitm import api, stages
+
+    config = _config(dataset, config_path, data_root, download, overrides, pretrained, default_dataset="digits")
+
+    def work(task):
+        fakes = stages.run_fakes(task) if task.config.fakes.path else stages.generate(task, force)
+        model, summary = stages.detect(task, fakes, force=force)
+        result = stages.evaluate(task, model, summary)
+        _print_result(task, result)
+        return result
+
+    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=not config.fakes.path))
+
+
+def _print_result(task, result):
+    if not task.runtime.is_main:
+        return
+    line = f"{task.config.data.name}/{result['class']}: AUROC {100 * result['auroc']:.2f}"
+    if "nnd" in result:
+        line += f", NND min AUROC {100 * result['nnd']['min_auroc']:.2f} ({result['nnd']['min_class']})"
+    if "fsde_auroc" in result:
+        line += f", FSDE AUROC {100 * result['fsde_auroc']:.2f}"
+    click.echo(f"{line}  (report: {task.run.path('report.html')})")
+
+
+def _summary(table: str | None) -> None:
+    if table:
+        click.echo(table)
 
 
 @cli.command()
@@ -152,9 +147,8 @@ def predict(run_path, paths, threshold, resize, csv_path, quiet):
     """Score new images (files or folders) with a trained run."""
     from fitm.predict import predict as run_predict
 
-    set_quiet(quiet)
     rows, used = run_predict(Path(run_path), [Path(p) for p in paths], threshold, resize,
-                             Path(csv_path) if csv_path else Path(run_path) / "predictions.csv")
+                             Path(csv_path) if csv_path else Path(run_path) / "predictions.csv", quiet)
     width = max(len(r["path"]) for r in rows)
     click.echo(f"{'path':<{width}}  {'score':>10}  verdict")
     for r in rows:
@@ -168,21 +162,46 @@ def report_command(run_path):
     """(Re)draw a run's pictures and report.html."""
     from fitm.predict import redraw_report
 
-    html_path = redraw_report(Path(run_path))
-    click.echo(f"report: {html_path}")
+    click.echo(f"report: {redraw_report(Path(run_path))}")
 
 
 def main(argv=None) -> None:
-    """Entry point: click's usage errors and fitm's own errors both end as one line on stderr, exit 2."""
+    """Entry point: click's usage errors and fitm's own errors both end as one line on stderr, exit 2; under
+    torchrun, a rank whose peer stopped says so in one line and stops too (exit 2), instead of waiting."""
+    code = 0
     try:
         code = cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        code = 130
     except click.ClickException as e:
         click.echo(f"Error: {e.format_message()}".replace("\n", " "), err=True)
-        sys.exit(2)
+        code = 2
     except FitmError as e:
         click.echo(f"Error: {e}".replace("\n", " "), err=True)
-        sys.exit(2)
+        code = 2
+    except Exception as e:
+        if not _peer_failure(e):
+            raise
+        click.echo(f"Error: rank {_rank()}: another process of this torchrun job stopped; stopping too "
+                   f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})", err=True)
+        code = 2
+    finally:
+        if "torch.distributed" in sys.modules:
+            from fitm.runtime import shutdown
+
+            shutdown()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _peer_failure(e: Exception) -> bool:
+    """Whether `e` is a collective that failed because another rank went away."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and isinstance(e, (dist.DistError, RuntimeError))
+
+
+def _rank() -> str:
+    import os
+
+    return os.environ.get("RANK", "0")

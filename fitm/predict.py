@@ -9,21 +9,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fitm import report
-from fitm.config import load_config
 from fitm.data import list_images, load_split, read_images
 from fitm.detector.backbone import create_architecture
-from fitm.detector.knn import knn_scores
+from fitm.knn import knn_scores
+from fitm.run import Run
 from fitm.detector.train import extract_features
 from fitm.errors import FitmError
 from fitm.io import save_csv
-from fitm.runtime import log, resolve_device
-
-
-def _require(run_dir: Path, name: str, what: str) -> Path:
-    path = run_dir / name
-    if not path.exists():
-        raise FitmError(f"--run {run_dir}: no {what} ({name} is missing); run `fitm detect` or `fitm pipeline` first")
-    return path
+from fitm.runtime import Runtime, log
 
 
 def _image_paths(paths: list[Path]) -> list[Path]:
@@ -58,26 +51,32 @@ def _read_exact(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
     return np.stack(images)
 
 
-def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: bool, csv_path: Path):
+def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: bool, csv_path: Path,
+            quiet: bool = False):
     """One row per image: path, score, verdict (anomalous when score > threshold)."""
-    config = load_config(path=str(_require(run_dir, "config.json", "run config")))
-    model_file = _require(run_dir, "detector/model.pt", "trained detector")
-    bank = torch.load(_require(run_dir, "detector/bank.pt", "feature bank"), map_location="cpu",
-                      weights_only=True)
+    run = Run(run_dir)
+    config = run.load_config()
+    saved = run.load_detector()
+    if saved is None:
+        raise FitmError(f"--run {run_dir}: no readable trained detector (detector/model.pt); run `fitm detect` or "
+                        "`fitm pipeline` first")
+    bank = run.load_bank()
     used = float(bank["threshold"]) if threshold is None else threshold
-    if np.isnan(used):
-        raise FitmError(f"--run {run_dir}: the run kept no held-out normals for a threshold; pass --threshold")
+    if not np.isfinite(used):
+        raise FitmError(f"--run {run_dir}: the run has no threshold (made by an older fitm); pass --threshold")
     shape = tuple(int(v) for v in bank["image_shape"])
 
     files = _image_paths(paths)
     images = read_images(files, shape[0]) if resize else _read_exact(files, shape)
 
-    device = resolve_device(config.device)
+    runtime = Runtime.local(config.device, quiet)
     model = create_architecture(config.detector)
-    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"])
-    model.to(device).eval()
-    features = extract_features(model, images, config.detector, device)
-    scores = knn_scores(features, bank["features"].to(device), config.detector.k).cpu().numpy()
+    model.load_state_dict(saved["state_dict"])
+    features = extract_features(model, images, config.detector, runtime)
+    scores = knn_scores(features, bank["features"].to(runtime.device), config.detector.k).cpu().numpy()
+    if not np.isfinite(scores).all():
+        raise FitmError(f"--run {run_dir}: the detector gives non-finite scores (damaged weights); run `fitm detect "
+                        "--force` to retrain it")
 
     rows = [
         {"path": str(p), "score": float(s), "verdict": "anomalous" if s > used else "normal"}
@@ -90,12 +89,13 @@ def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: b
 
 def redraw_report(run_dir: Path) -> Path:
     """Redraw a run's pictures; the test images come from its dataset when that can still be read."""
-    _require(run_dir, "metrics.json", "metrics")
-    config = load_config(path=str(_require(run_dir, "config.json", "run config")))
+    run = Run(run_dir)
+    run.load_metrics()
+    config = run.load_config()
     try:
         test_images = load_split(config.data).test_images
     except FitmError as e:
         log.warning("report: dataset not readable (%s); extremes.png left as it is", e)
         test_images = None
-    report.draw(run_dir, test_images)
-    return run_dir / "report.html"
+    report.draw(run, test_images)
+    return run.path("report.html")

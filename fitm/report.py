@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -12,28 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision.utils  # noqa: E402
 
 from fitm.detector.evaluate import roc_points  # noqa: E402
+from fitm.data.images import grid  # noqa: E402
 from fitm.io import atomic_path, save_text  # noqa: E402
+from fitm.run import Run  # noqa: E402
 from fitm.runtime import log  # noqa: E402
-
-
-def grid(images: np.ndarray, nrow: int = 10, max_images: int = 100) -> np.ndarray:
-    """One uint8 HWC picture of the first `max_images` uint8 NHWC images."""
-    batch = torch.from_numpy(np.ascontiguousarray(images[:max_images])).permute(0, 3, 1, 2)
-    return torchvision.utils.make_grid(batch, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
-
-
-def save_grid(images: np.ndarray, path, nrow: int = 10, max_images: int = 100, min_side: int = 48) -> None:
-    """A PNG grid; small images are enlarged (nearest neighbour) so that a person can see them."""
-    picture = grid(images, nrow, max_images)
-    scale = -(-min_side // images.shape[1])
-    if scale > 1:
-        picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
-    with atomic_path(path) as tmp:
-        plt.imsave(tmp, picture, format="png")
 
 
 def _save_figure(fig, path) -> None:
@@ -50,15 +32,6 @@ def save_normal_vs_fakes(normal: np.ndarray, fakes: np.ndarray, path) -> None:
         ax.set_title(title)
         ax.axis("off")
     _save_figure(fig, path)
-
-
-def _read_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with open(run_dir / "scores.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    index = np.array([int(r["index"]) for r in rows])
-    labels = np.array([int(r["label"]) for r in rows])
-    scores = np.array([float(r["score"]) for r in rows])
-    return index, labels, scores
 
 
 def save_roc(scores: np.ndarray, labels: np.ndarray, auroc: float, path) -> None:
@@ -105,55 +78,63 @@ def save_extremes(images: np.ndarray, scores: np.ndarray, labels: np.ndarray, pa
     _save_figure(fig, path)
 
 
-def draw(run_dir: str | Path, test_images: np.ndarray | None = None) -> list[Path]:
+def draw(run: Run, test_images: np.ndarray | None = None) -> list[Path]:
     """(Re)draw every picture of a run from its files; test images are needed for the extremes picture."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    index, labels, scores = _read_scores(run_dir)
-    save_roc(scores, labels, metrics["auroc"], run_dir / "roc.png")
-    save_histogram(scores, labels, metrics.get("threshold"), run_dir / "scores_hist.png")
+    metrics = run.load_metrics()
+    index, labels, scores = run.load_scores()
+    save_roc(scores, labels, metrics["auroc"], run.path("roc.png"))
+    save_histogram(scores, labels, metrics.get("threshold"), run.path("scores_hist.png"))
     if test_images is not None:
-        save_extremes(test_images[index], scores, labels, run_dir / "extremes.png")
+        save_extremes(test_images[index], scores, labels, run.path("extremes.png"))
     else:
         log.warning("report: no test images given; extremes.png not redrawn")
-    write_html(run_dir)
-    return sorted(run_dir.glob("*.png"))
+    write_html(run)
+    return sorted(run.dir.glob("*.png"))
 
 
-def _pictures(run_dir: Path) -> list[tuple[str, str]]:
+def _pictures(run: Run) -> list[tuple[str, str]]:
     named = [
         ("fakes.png", "Normal training images beside the fakes the detector learned to reject"),
         ("roc.png", "ROC curve"),
         ("scores_hist.png", "Anomaly scores of normal and anomalous test images"),
         ("extremes.png", "Most and least anomalous test images"),
     ]
-    found = [(name, caption) for name, caption in named if (run_dir / name).exists()]
-    snapshots = sorted(run_dir.glob("sde/samples_*.png"), key=lambda p: int(p.stem.split("_")[-1]))
-    found += [(str(p.relative_to(run_dir)), f"Score-model samples at iteration {p.stem.split('_')[-1]}")
-              for p in snapshots]
+    found = [(name, caption) for name, caption in named if run.path(name).exists()]
+    found += [(str(run.sde.samples(step).relative_to(run.dir)), f"Score-model samples at iteration {step}")
+              for step in run.sde.steps() if run.sde.samples(step).exists()]
     return found
 
 
-def write_html(run_dir: Path) -> Path:
-    """report.html: the metrics table and every picture of the run on one page."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in metrics.items()
-    )
+# What report.html shows of fakes.json: how the fakes were made and whether they are near-misses or blanks.
+_FAKES_FACTS = ("step", "sampler", "corrector", "steps", "nfe", "count", "degenerate_fraction",
+                "normal_degenerate_fraction", "closeness", "coverage", "nearness")
+
+
+def _table(items) -> str:
+    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                               for k, v in items) + "</table>"
+
+
+def write_html(run: Run) -> Path:
+    """report.html: the metrics, how the fakes were made, and every picture of the run on one page."""
+    metrics = run.load_metrics()
+    fakes = run.fakes_meta() or {}
+    fakes_table = (f"<h2>Fakes</h2>{_table((k, fakes[k]) for k in _FAKES_FACTS if k in fakes)}" if fakes else "")
     figures = "".join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
         f"</figcaption></figure>"
-        for src, caption in _pictures(run_dir)
+        for src, caption in _pictures(run)
     )
-    title = f"fitm report: {run_dir.parent.name}/{run_dir.name}"
+    title = f"fitm report: {run.dir.parent.name}/{run.dir.name}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:1em;vertical-align:top}}
 img{{max-width:560px;image-rendering:pixelated}}</style></head>
-<body><h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Pictures</h2>{figures}</body></html>
+<body><h1>{html.escape(title)}</h1><h2>Metrics</h2>{_table(metrics.items())}{fakes_table}
+<h2>Pictures</h2>{figures}</body></html>
 """
-    path = run_dir / "report.html"
+    path = run.path("report.html")
     save_text(page, path)
     return path
 

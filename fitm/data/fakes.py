@@ -32,14 +32,15 @@ def slice_class(array: np.ndarray, class_index: int, num_classes: int, what: str
     return array[class_index * per_class:(class_index + 1) * per_class]
 
 
-def load_fakes(path: str | os.PathLike, class_index: int | None = None, num_classes: int | None = None) -> np.ndarray:
+def load_fakes(path: str | os.PathLike, class_index: int | None = None, num_classes: int | None = None,
+               what: str | None = None) -> np.ndarray:
     """Fakes as uint8 NHWC with 3 channels.
 
     A file does not say whether it holds one class or all of them, so the caller says it: with
     class_index and num_classes > 1 the file is taken to be in the authors' all-classes layout and
     that class's slice is returned (`load_fakes(p, class_index=3, num_classes=10)`); without
-    class_index the whole file is one class's fakes."""
-    what = f"--fakes {path}"
+    class_index the whole file is one class's fakes. `what` names the file in errors (default: --fakes PATH)."""
+    what = what or f"--fakes {path}"
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: a class slice reads only its part
     except FileNotFoundError:

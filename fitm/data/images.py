@@ -1,4 +1,4 @@
-"""Image files to uint8 NHWC arrays, and batched resizing of arrays that are already in memory."""
+"""Image files to uint8 NHWC arrays, batched resizing of arrays already in memory, and image grids to PNG."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.utils
 from PIL import Image
 
 from fitm.errors import FitmError
+from fitm.io import atomic_path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -81,3 +83,19 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start:start + _RESIZE_CHUNK] = batch.round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return out
+
+
+def grid(images: np.ndarray, nrow: int = 10, max_images: int = 100) -> np.ndarray:
+    """One uint8 HWC picture of the first `max_images` uint8 NHWC images."""
+    batch = torch.from_numpy(np.ascontiguousarray(images[:max_images])).permute(0, 3, 1, 2)
+    return torchvision.utils.make_grid(batch, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+
+
+def save_grid(images: np.ndarray, path, nrow: int = 10, max_images: int = 100, min_side: int = 48) -> None:
+    """A PNG grid; small images are enlarged (nearest neighbour) so that a person can see them."""
+    picture = grid(images, nrow, max_images)
+    scale = -(-min_side // images.shape[1])
+    if scale > 1:
+        picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
+    with atomic_path(path) as tmp:
+        Image.fromarray(picture).save(tmp, format="png")

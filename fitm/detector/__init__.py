@@ -1,8 +1,7 @@
-"""The detect stage's parts: the ViT discriminator, batched transforms, training, kNN scores, metrics."""
+"""The detect stage's parts: the backbone adapter, batched transforms, training, feature extraction, metrics."""
 
 from fitm.detector.backbone import create_backbone, features, freeze
 from fitm.detector.evaluate import metrics, roc_points
-from fitm.detector.knn import knn_scores
 from fitm.detector.train import extract_features, train_discriminator
 from fitm.detector.transforms import BatchTransform
 
@@ -12,7 +11,6 @@ __all__ = [
     "extract_features",
     "features",
     "freeze",
-    "knn_scores",
     "metrics",
     "roc_points",
     "train_discriminator",

@@ -1,7 +1,11 @@
-"""The discriminator: a timm VisionTransformer with a fresh 2-way head, its weights, and its frozen part."""
+"""The discriminator: any timm classifier with a fresh 2-way head, its weights, its frozen first blocks, and the
+features it is scored by. The paper's is a ViT (ViT-B/16 from Google's .npz); ResNets, ConvNeXts and the other
+timm families go through the same four functions: build, reset the head, freeze the first N blocks or stages
+(timm's own `group_matcher`), and pre-logits features (`forward_head(pre_logits=True)`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import timm
@@ -21,7 +25,7 @@ HOW_TO = (
 
 
 def create_backbone(det_cfg) -> nn.Module:
-    """The configured ViT with num_classes=2, weights per detector.pretrained, and a fresh head.
+    """The configured model with num_classes=2, weights per detector.pretrained, and a fresh head.
 
     The head starts from PyTorch's default Linear initialisation whatever the weights, as in the authors'
     model (their `zero_head=True` only skips loading the checkpoint's head): a zero head would give the
@@ -34,7 +38,8 @@ def create_backbone(det_cfg) -> nn.Module:
     if pretrained == "" and det_cfg.needs_pretrained:
         raise FitmError(f"detector.pretrained is not set: {HOW_TO}")
     if pretrained in ("", "none"):
-        log.warning("detector.pretrained=%r: the ViT starts from random weights; expect poor results", pretrained)
+        log.warning("detector.pretrained=%r: the %s starts from random weights; expect poor results", pretrained,
+                    det_cfg.backbone)
         model = _create(det_cfg.backbone, False, kwargs)
     elif _is_path(pretrained):
         path = Path(pretrained).expanduser()
@@ -48,20 +53,29 @@ def create_backbone(det_cfg) -> nn.Module:
     else:
         model = _create_from_hub(pretrained, det_cfg.backbone, kwargs)
 
-    model.head.reset_parameters()
+    model.get_classifier().reset_parameters()
     return model
 
 
+def is_vit(name: str) -> bool:
+    """Whether timm builds `name` as a VisionTransformer (the paper's family, with its own kwargs)."""
+    arch = name.split(".")[0]
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__.endswith(".vision_transformer")
+
+
 def _architecture_kwargs(det_cfg) -> dict:
+    arch = {k: v for k, v in det_cfg.arch.items() if v is not None}
+    if not is_vit(det_cfg.backbone):
+        # Other families have one dropout, before the classifier: timm's drop_rate.
+        return {"num_classes": 2, "drop_rate": det_cfg.dropout, **arch}
     # The authors' ViT drops out after the embeddings and after the activation and the output of every MLP:
     # timm's pos_drop_rate and proj_drop_rate (whose attention-projection half is switched off in _create).
     dropout = {"pos_drop_rate": det_cfg.dropout, "proj_drop_rate": det_cfg.dropout}
-    arch = {k: v for k, v in det_cfg.arch.items() if v is not None}
     return {"num_classes": 2, "img_size": det_cfg.img_size, **dropout, **arch}
 
 
 def create_architecture(det_cfg) -> nn.Module:
-    """The configured ViT with untouched random weights: the shell a saved detector's state dict fills."""
+    """The configured model with untouched random weights: the shell a saved detector's state dict fills."""
     return _create(det_cfg.backbone, False, _architecture_kwargs(det_cfg))
 
 
@@ -78,10 +92,11 @@ def _create(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
         raise
     except (TypeError, AssertionError) as e:
         raise FitmError(f"detector.arch/img_size {kwargs}: not accepted by timm model {name!r} ({e})") from e
-    if not all(hasattr(model, a) for a in ("blocks", "patch_embed", "forward_head")):
-        raise FitmError(f"detector.backbone={name!r} is not a timm VisionTransformer")
-    for block in model.blocks:
-        block.attn.proj_drop.p = 0.0  # none in attention, as in the authors' ViT
+    if not all(hasattr(model, a) for a in ("forward_head", "get_classifier", "group_matcher")):
+        raise FitmError(f"detector.backbone={name!r} is not a timm classifier with forward_head and group_matcher")
+    if is_vit(name):
+        for block in model.blocks:
+            block.attn.proj_drop.p = 0.0  # none in attention, as in the authors' ViT
     return model
 
 
@@ -107,6 +122,9 @@ def _create_from_hub(name: str, backbone: str, kwargs: dict) -> nn.Module:
 
 def _load_npz(model: nn.Module, path: Path) -> None:
     """Google's JAX layout through timm, which also resamples the position embedding to img_size."""
+    if not hasattr(model, "load_pretrained"):
+        raise FitmError(f"detector.pretrained: {path} is a Google .npz checkpoint, which only ViTs read "
+                        f"(detector.backbone is {type(model).__name__}); expected a .pth or .safetensors state dict")
     try:
         model.load_pretrained(str(path))
     except KeyError as e:
@@ -134,8 +152,9 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise FitmError(f"detector.pretrained: {path} holds no state dict of tensors")
 
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    head = _classifier_prefix(model)
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
     pos = state.get("pos_embed")
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape and pos.ndim == 3 \
             and pos.shape[-1] == own["pos_embed"].shape[-1]:
@@ -152,7 +171,8 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
     if missing or unexpected or wrong:
         parts = [f"{name} {_first(keys)}" for name, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", wrong)) if keys]
-        raise FitmError(f"detector.pretrained: {path} does not fit the configured ViT: {'; '.join(parts)}")
+        raise FitmError(f"detector.pretrained: {path} does not fit the configured {type(model).__name__}: "
+                        f"{'; '.join(parts)}")
     model.load_state_dict(state, strict=False)
 
 
@@ -161,15 +181,42 @@ def _first(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _classifier_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the classifier ('head.', 'fc.', 'head.fc.'): a checkpoint's is never loaded."""
+    classifier = model.get_classifier()
+    return next(name for name, module in model.named_modules() if module is classifier) + "."
+
+
+def _block_index(name: str, matcher) -> int | None:
+    """The block or stage a parameter belongs to, by timm's coarse group_matcher; None for stem, norm, head."""
+    patterns = matcher if isinstance(matcher, (list, tuple)) else [(matcher, None)]
+    for pattern, fixed in patterns:
+        if fixed is None and (m := re.match(pattern, name)):
+            return int(m.group(1))
+    return None
+
+
+def blocks(model: nn.Module) -> list[int]:
+    """The block (ViT) or stage (CNN) indices of the model, in order."""
+    matcher = model.group_matcher(coarse=True)["blocks"]
+    return sorted({i for name, _ in model.named_parameters() if (i := _block_index(name, matcher)) is not None})
+
+
 def freeze(model: nn.Module, n_blocks: int) -> None:
-    """Freeze the first n_blocks encoder blocks, as the authors do; embeddings and later blocks train."""
-    if not 0 <= n_blocks <= len(model.blocks):
+    """Freeze the first n_blocks blocks (ViT) or stages (CNN), as the authors do; embeddings, stem and later
+    blocks train."""
+    found = blocks(model)
+    if not 0 <= n_blocks <= len(found):
         raise FitmError(
-            f"detector.frozen_blocks={n_blocks}: expected 0..{len(model.blocks)} (the ViT's depth)")
-    for p in model.blocks[:n_blocks].parameters():
-        p.requires_grad_(False)
+            f"detector.frozen_blocks={n_blocks}: expected 0..{len(found)} (the {type(model).__name__}'s blocks or stages)")
+    matcher = model.group_matcher(coarse=True)["blocks"]
+    frozen = set(found[:n_blocks])
+    for name, p in model.named_parameters():
+        if _block_index(name, matcher) in frozen:
+            p.requires_grad_(False)
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The CLS pre-logits feature after the final LayerNorm: FITYMI's kNN space."""
+    """The pre-logits feature (a ViT's CLS token after the final LayerNorm; a CNN's pooled map): FITYMI's kNN
+    space."""
     return model.forward_head(model.forward_features(x), pre_logits=True)

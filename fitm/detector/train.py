@@ -1,8 +1,13 @@
-"""Fine-tune the ViT to tell normal (0) from fake (1), and extract its pre-logits features."""
+"""Fine-tune the backbone to tell normal (0) from fake (1), and extract its pre-logits features.
+
+Under torchrun each rank trains on its share of every global batch (detector.batch_size stays the global
+batch): all ranks draw the same shuffle and the same crops and flips, so n ranks follow the one-process run.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import numpy as np
@@ -13,7 +18,10 @@ from fitm.detector.backbone import features
 from fitm.detector.transforms import BatchTransform
 from fitm.errors import FitmError
 from fitm.io import save_csv
-from fitm.runtime import autocast, compiled, log, progress
+from fitm.runtime import Runtime, compiled, log
+
+# Below this training accuracy in the last epoch the detector has learned next to nothing from the fakes.
+NEAR_CHANCE = 0.6
 
 
 def _images(array: np.ndarray, name: str) -> np.ndarray:
@@ -26,17 +34,26 @@ def _images(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, device, seed: int,
+def epochs_for(det_cfg, n_images: int) -> int:
+    """detector.epochs, raised so that training takes at least detector.min_steps SGD steps: a set of 50
+    normal images gets as many updates as the recipe's schedule needs, not a few dozen."""
+    steps_per_epoch = math.ceil(n_images / det_cfg.batch_size)
+    return max(det_cfg.epochs, math.ceil(det_cfg.min_steps / steps_per_epoch))
+
+
+def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, runtime: Runtime, seed: int,
                         log_path=None) -> list[dict]:
     """SGD with cross-entropy on normal=0 / fake=1; one row per epoch (epoch, loss, accuracy, images_per_s),
-    rewritten to log_path as CSV after each epoch.
+    rewritten to log_path as CSV after each epoch (by the main process).
 
     Both sets go to the device once as uint8. Normals and fakes may differ in size, so every batch is
     drawn normals-first from one seeded shuffle and each part goes through the transform on its own;
-    the split points are known on the host, so batching never waits on the device.
+    the split points are known on the host, so batching never waits on the device. A non-finite loss stops
+    training with a FitmError before anything is saved.
     """
     normal, fakes = _images(normal, "normal images"), _images(fakes, "fakes")
-    device = torch.device(device)
+    device = runtime.device
+    runtime.per_rank(det_cfg.batch_size, "detector.batch_size")
     n_normal, total = len(normal), len(normal) + len(fakes)
     normal_t = torch.from_numpy(np.ascontiguousarray(normal)).to(device)
     fakes_t = torch.from_numpy(np.ascontiguousarray(fakes)).to(device)
@@ -45,63 +62,101 @@ def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, d
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=det_cfg.lr, momentum=det_cfg.momentum, weight_decay=det_cfg.weight_decay)
     batch = int(det_cfg.batch_size)
-    steps = -(-total // batch)
+    epochs = epochs_for(det_cfg, total)
     model.to(device).train()
-    forward = compiled(model, det_cfg.compile)
+    forward = compiled(runtime.data_parallel(model), det_cfg.compile)
+    runtime.seed_rank_stream(seed)
 
     rows = []
-    bar = progress(total=det_cfg.epochs * steps, desc="detector")
-    for epoch in range(det_cfg.epochs):
+    bar = runtime.progress(total=epochs * math.ceil(total / batch), desc="detector")
+    for epoch in range(epochs):
         start = time.perf_counter()
         order = torch.randperm(total, generator=shuffle).split(batch)
         order = [chunk.sort().values for chunk in order]  # normals (index < n_normal) first in each batch
         n_normals = [int((chunk < n_normal).sum()) for chunk in order]
         order_dev = torch.cat(order).to(device)
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for i, (chunk, k) in enumerate(zip(order, n_normals)):
-            idx = order_dev[i * batch:i * batch + len(chunk)]
-            parts = []
-            if k:
-                parts.append(transform(normal_t[idx[:k]], train=True))
-            if k < len(chunk):
-                parts.append(transform(fakes_t[idx[k:] - n_normal], train=True))
-            x = torch.cat(parts) if len(parts) > 1 else parts[0]
-            y = (torch.arange(len(chunk), device=device) >= k).long()
-            with autocast(device, det_cfg.amp):
+        correct = torch.zeros((), device=device)
+        offset = 0
+        for chunk, k in zip(order, n_normals):
+            idx = order_dev[offset:offset + len(chunk)]
+            offset += len(chunk)
+            x, y, weight = _share_of_batch(idx, k, n_normal, normal_t, fakes_t, transform, runtime)
+            with runtime.autocast(det_cfg.amp):
                 logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            losses = F.cross_entropy(logits.float(), y, reduction="none") * weight
+            # DDP averages gradients over ranks: scaled so that the average is the global batch's mean.
+            loss = losses.sum() * runtime.world_size / len(chunk)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(chunk)
-            correct += (logits.argmax(1) == y).sum()
+            loss_sum += losses.detach().sum()
+            correct += ((logits.argmax(1) == y).float() * weight).sum()
             bar.update()
-        loss_mean = loss_sum.item() / total  # waits for the device, so the clock below is honest
-        row = {"epoch": epoch + 1, "loss": loss_mean, "accuracy": correct.item() / total,
+        loss_mean = runtime.mean(loss_sum).item() * runtime.world_size / total  # waits: the clock is honest
+        accuracy = runtime.mean(correct).item() * runtime.world_size / total
+        if not math.isfinite(loss_mean):
+            raise FitmError(f"detector: the training loss became non-finite in epoch {epoch + 1} (try a lower "
+                            f"detector.lr, now {det_cfg.lr}); the previous detector, if any, is kept")
+        row = {"epoch": epoch + 1, "loss": loss_mean, "accuracy": accuracy,
                "images_per_s": total / (time.perf_counter() - start)}
         rows.append(row)
         bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
-        log.info("detector epoch %d/%d: loss %.4f, accuracy %.3f, %.0f images/s", row["epoch"], det_cfg.epochs,
+        log.info("detector epoch %d/%d: loss %.4f, accuracy %.3f, %.0f images/s", row["epoch"], epochs,
                  row["loss"], row["accuracy"], row["images_per_s"])
-        if log_path is not None:
+        if log_path is not None and runtime.is_main:
             save_csv(rows, log_path)
     bar.close()
+    if rows[-1]["accuracy"] < NEAR_CHANCE:
+        log.warning("detector: accuracy %.3f on normal vs fake in its last epoch, near chance: it learned little "
+                    "from these fakes (raise detector.min_steps or detector.lr, or check fakes.png)",
+                    rows[-1]["accuracy"])
     return rows
 
 
+def _share_of_batch(idx, k, n_normal, normal_t, fakes_t, transform, runtime: Runtime):
+    """This rank's rows of a global batch (k normals first, then fakes): images, labels, loss weights.
+
+    Every rank transforms with the whole batch's random draws, so the crops do not depend on the world size.
+    A rank whose share is empty (a last batch smaller than the world) takes one row at weight 0, so that
+    every rank still runs the same forward and backward."""
+    n = len(idx)
+    rows = runtime.share(n)
+    weight = 1.0
+    if rows.start == rows.stop:
+        rows, weight = slice(0, 1), 0.0
+    parts = []
+    if k:
+        parts.append(transform(normal_t[idx[:k]], train=True, rows=slice(min(rows.start, k), min(rows.stop, k))))
+    if k < n:
+        fake_rows = slice(max(rows.start - k, 0), max(rows.stop - k, 0))
+        parts.append(transform(fakes_t[idx[k:] - n_normal], train=True, rows=fake_rows))
+    x = torch.cat(parts) if len(parts) > 1 else parts[0]
+    y = (torch.arange(rows.start, rows.stop, device=x.device) >= k).long()
+    return x, y, torch.full((len(y),), weight, device=x.device)
+
+
 @torch.no_grad()
-def extract_features(model, images: np.ndarray, det_cfg, device) -> torch.Tensor:
-    """(N, D) float32 pre-logits features on `device`, from the eval transform (resize, centre crop)."""
+def extract_features(model, images: np.ndarray, det_cfg, runtime: Runtime) -> torch.Tensor:
+    """(N, D) float32 pre-logits features on the device, from the eval transform (resize, centre crop); under
+    torchrun each rank extracts its share and every rank gets them all, in order."""
     images = _images(images, "images")
-    device = torch.device(device)
-    transform = BatchTransform(det_cfg, device)
-    model.to(device).eval()
+    transform = BatchTransform(det_cfg, runtime.device)
+    model.to(runtime.device).eval()
     forward = compiled(functools.partial(features, model), det_cfg.compile)
     size = int(det_cfg.feature_batch_size)
+    mine = images[runtime.share(len(images))]
     out = []
-    for start in progress(range(0, len(images), size), desc="features"):
-        x = transform(torch.from_numpy(np.ascontiguousarray(images[start:start + size])))
-        with autocast(device, det_cfg.amp):
+    for start in runtime.progress(range(0, len(mine), size), desc="features"):
+        x = transform(torch.from_numpy(np.ascontiguousarray(mine[start:start + size])))
+        with runtime.autocast(det_cfg.amp):
             out.append(forward(x).float())
-    return torch.cat(out)
+    dim = out[0].shape[1] if out else _feature_dim(model, transform, det_cfg, runtime)
+    local = torch.cat(out) if out else torch.empty(0, dim, device=runtime.device)
+    return runtime.gather_rows(local, len(images))
+
+
+def _feature_dim(model, transform, det_cfg, runtime) -> int:
+    """The feature size, for a rank that got no images to extract (more ranks than images)."""
+    probe = torch.zeros((1, det_cfg.img_size, det_cfg.img_size, 3), dtype=torch.uint8)
+    return features(model, transform(probe)).shape[1]

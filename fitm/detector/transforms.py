@@ -41,29 +41,38 @@ class BatchTransform:
         # torchvision's CenterCrop offset.
         self.centre = int(round((self.resize - self.size) / 2.0))
 
-    def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, train: bool = False, rows: slice | None = None) -> torch.Tensor:
+        """With `rows`, only those images are transformed, but the random draws are made for the whole batch:
+        the share of a batch that one rank trains on gets the crops it would get in a one-process run."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise FitmError(
                 f"detector input: expected a uint8 NHWC batch with 3 channels, got {images.dtype} "
                 f"{tuple(images.shape)}")
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        rows = rows if rows is not None else slice(0, len(images))
+        draws = self._draw(len(images)) if train else None
+        x = images[rows].to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if x.shape[-2:] != (self.resize, self.resize):
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False,
                               antialias=True)
         if train:
-            x = self._random_crop_flip(x)
+            x = self._crop_flip(x, *(d[rows] for d in draws))
         elif self.resize != self.size:
             c = self.centre
             x = x[:, :, c:c + self.size, c:c + self.size]
         return x * self.scale + self.shift
 
-    def _random_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
+    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets (top, left) and flips of n images."""
+        span = self.resize - self.size + 1
+        top = torch.randint(0, span, (n, 1), device=self.device, generator=self.generator)
+        left = torch.randint(0, span, (n, 1), device=self.device, generator=self.generator)
+        flip = torch.rand((n, 1), device=self.device, generator=self.generator) < 0.5
+        return top, left, flip
+
+    def _crop_flip(self, x: torch.Tensor, top, left, flip) -> torch.Tensor:
         """Per-image crop offsets and flips as two gathers: rows, then (possibly reversed) columns."""
         n, c = x.shape[:2]
         s, r = self.size, self.resize
-        top = torch.randint(0, r - s + 1, (n, 1), device=self.device, generator=self.generator)
-        left = torch.randint(0, r - s + 1, (n, 1), device=self.device, generator=self.generator)
-        flip = torch.rand((n, 1), device=self.device, generator=self.generator) < 0.5
         rows = top + self.steps
         cols = left + torch.where(flip, s - 1 - self.steps, self.steps)
         x = x.gather(2, rows.view(n, 1, s, 1).expand(n, c, s, r))

@@ -26,12 +26,15 @@ def eps_from_score(score_fn: ScoreFn, sde: VPSDE) -> ScoreFn:
     return eps_fn
 
 
-def dsm_loss(
-    eps_fn: ScoreFn, sde: VPSDE, x0: torch.Tensor, generator: torch.Generator | None = None, eps: float = 1e-5
-) -> torch.Tensor:
-    """Scalar loss for a batch of clean data x0; t and z come from `generator` (on x0's device)."""
-    t = torch.rand(x0.shape[0], generator=generator, device=x0.device) * (sde.T - eps) + eps
-    z = torch.randn(x0.shape, generator=generator, device=x0.device)
+def dsm_draws(n: int, shape: tuple[int, ...], generator: torch.Generator | None, device, eps: float = 1e-5):
+    """The random part of a DSM step for n images: times t ~ U(eps, 1) and noise z ~ N(0, I)."""
+    t = torch.rand(n, generator=generator, device=device) * (VPSDE.T - eps) + eps
+    z = torch.randn((n, *shape), generator=generator, device=device)
+    return t, z
+
+
+def dsm_loss(eps_fn: ScoreFn, sde: VPSDE, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Scalar loss for a batch of clean data x0 at times t with noise z (see dsm_draws)."""
     mean, std = sde.marginal_prob(x0, t)
     pred = eps_fn(mean + std * z, t)
     return (pred.float() - z).square().mean()

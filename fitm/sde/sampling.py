@@ -1,7 +1,10 @@
 """Samplers for the reverse VP-SDE, batched and seeded; they return samples in data space ([-1, 1] scale).
 
 All of them start from the prior at t = 1 and stop at t = sampling.eps, then (with sampling.denoise) take the
-Tweedie step E[x_0 | x_eps] = (x + s^2 score) / a at t = eps:
+Tweedie step E[x_0 | x_eps] = (x + s^2 score) / a at t = eps. With sampling.clip_denoised every network output
+is replaced by the one whose denoised estimate x_0 = (x - s eps) / a is clipped to the data range [-1, 1], as
+DDPM's sampler does (score_sde's does not): without it, the samples of a briefly trained model drift out of
+range and end as flat, black or white squares (BENCHMARKS.md, degenerate fakes).
 - euler_maruyama / reverse_diffusion: predictor-corrector sampling (Song et al. 2021) over `steps` predictor
   steps, optionally preceded at each step by `corrector_steps` Langevin steps at signal-to-noise ratio `snr`.
   The reverse-diffusion predictor and the corrector use the DDPM chain with N = steps, so the ancestral step
@@ -15,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+from tqdm.auto import tqdm
 
 from fitm.errors import FitmError
-from fitm.runtime import progress
 from fitm.sde.losses import eps_from_score, score_from_eps
 from fitm.sde.sde import VPSDE, ScoreFn, _bc
 
@@ -63,30 +66,51 @@ def sample(
     generator: torch.Generator | int = 0,
     device: torch.device | str = "cpu",
     predicts: str = "eps",
+    progress=None,
 ) -> torch.Tensor:
     """Draw `shape` samples with `fn(x, t)`, an epsilon model (predicts='eps') or a score function
-    (predicts='score'); `generator` is a torch.Generator on `device` or an int seed."""
+    (predicts='score'); `generator` is a torch.Generator on `device` or an int seed; `progress` wraps the
+    step loop in a bar (Runtime.progress)."""
     check_sampling_config(cfg)
     device = torch.device(device)
     if predicts == "eps":
-        eps_fn, score_fn = fn, score_from_eps(fn, sde)
+        eps_fn = fn
     elif predicts == "score":
-        eps_fn, score_fn = eps_from_score(fn, sde), fn
+        eps_fn = eps_from_score(fn, sde)
     else:
         raise ValueError(f"predicts must be 'eps' or 'score', got {predicts!r}")
+    if cfg.clip_denoised:
+        eps_fn = _clip_denoised(eps_fn, sde)
+    score_fn = score_from_eps(eps_fn, sde)
     if isinstance(generator, int):
         generator = torch.Generator(device).manual_seed(generator)
     with torch.inference_mode():
         x = sde.prior_sampling(shape, generator, device)
+        bar = progress or _silent
         if cfg.method == "ddim":
-            x = _ddim(eps_fn, sde, x, cfg)
+            x = _ddim(eps_fn, sde, x, cfg, bar)
         elif cfg.method == "ode":
-            x = _ode(score_fn, sde, x, cfg)
+            x = _ode(score_fn, sde, x, cfg, bar)
         else:
-            x = _predictor_corrector(score_fn, sde, x, cfg, generator)
+            x = _predictor_corrector(score_fn, sde, x, cfg, generator, bar)
         if cfg.denoise:
             x = _tweedie(score_fn, sde, x, cfg.eps)
     return x
+
+
+def _clip_denoised(eps_fn: ScoreFn, sde: VPSDE) -> ScoreFn:
+    """eps_fn whose implied denoised image (x - s eps) / a is clipped to [-1, 1]."""
+
+    def clipped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = (_bc(v, x) for v in sde.marginal_coeffs(t))
+        x0 = ((x - s * eps_fn(x, t)) / a).clamp_(-1, 1)
+        return (x - a * x0) / s
+
+    return clipped
+
+
+def _silent(iterable=None, **kwargs):
+    return tqdm(iterable, disable=True, **kwargs)
 
 
 def _tweedie(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -95,7 +119,7 @@ def _tweedie(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, t: float) -> torch.
     return (x + _bc(s, x) ** 2 * score_fn(x, tt)) / _bc(a, x)
 
 
-def _predictor_corrector(score_fn, sde: VPSDE, x, cfg, generator) -> torch.Tensor:
+def _predictor_corrector(score_fn, sde: VPSDE, x, cfg, generator, progress) -> torch.Tensor:
     chain = VPSDE(sde.beta_min, sde.beta_max, cfg.steps)
     rsde = chain.reverse(score_fn)
     ts = torch.linspace(sde.T, cfg.eps, cfg.steps + 1, device=x.device)
@@ -126,7 +150,7 @@ def _langevin(score_fn, chain: VPSDE, x, t, snr, generator) -> torch.Tensor:
     return x + step * grad + (2 * step).sqrt() * noise
 
 
-def _ddim(eps_fn, sde: VPSDE, x, cfg) -> torch.Tensor:
+def _ddim(eps_fn, sde: VPSDE, x, cfg, progress) -> torch.Tensor:
     ts = torch.linspace(sde.T, cfg.eps, cfg.steps + 1, device=x.device)
     a, s = sde.marginal_coeffs(ts)
     batch = x.shape[0]
@@ -137,7 +161,7 @@ def _ddim(eps_fn, sde: VPSDE, x, cfg) -> torch.Tensor:
     return x
 
 
-def _ode(score_fn, sde: VPSDE, x, cfg) -> torch.Tensor:
+def _ode(score_fn, sde: VPSDE, x, cfg, progress) -> torch.Tensor:
     """All images form one ODE system, as in the reference; every evaluation crosses host and device once."""
     rsde = sde.reverse(score_fn, probability_flow=True)
     shape, device, batch = x.shape, x.device, x.shape[0]

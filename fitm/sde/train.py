@@ -1,53 +1,50 @@
 """Train the score model on the normal class, snapshot it for early stopping, and draw fakes from a snapshot.
 
 Resumption is exact: every random draw of the training loop (batch indices, flips, t, noise) comes from one
-generator on the device, dropout uses the global torch RNG, and both states travel in the checkpoint with the
-model, EMA, optimizer and the running loss window."""
+generator on the device, dropout uses each rank's global torch RNG, and those states travel in the checkpoint
+with the model, EMA, optimizer and the running loss window.
+
+Under torchrun the ranks draw the *global* batch from the same generator and each trains on its share
+(DistributedDataParallel averages the gradients), so n ranks follow the one-process run step by step; fakes are
+sampled in batches seeded by their index, split over the ranks and gathered in order.
+"""
 
 from __future__ import annotations
 
 import copy
 import csv
-import re
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from fitm.data.images import save_grid
 from fitm.errors import FitmError
-from fitm.io import fingerprint, save_csv, save_torch
-from fitm.report import save_grid
-from fitm.runtime import autocast, compiled, log, progress, seed_everything
-from fitm.sde.losses import dsm_loss
+from fitm.io import save_csv
+from fitm.run import ScoreModelFiles, score_model_key
+from fitm.runtime import Runtime, compiled, log
+from fitm.sde.losses import dsm_draws, dsm_loss
 from fitm.sde.sampling import check_sampling_config, sample
 from fitm.sde.sde import VPSDE
 from fitm.sde.unet import ScoreUNet
 
 GRID_IMAGES = 64
-_CKPT = re.compile(r"ckpt_(\d+)\.pt")
-
-
-def checkpoint_path(workdir: str | Path, step: int) -> Path:
-    return Path(workdir) / f"ckpt_{step}.pt"
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The training step of a checkpoint_path."""
-    return int(_CKPT.fullmatch(Path(path).name).group(1))
 
 
 class ScoreTrainer:
     """Model, EMA, optimizer and the training RNG on one device; `step(i)` runs training step i (1-based)."""
 
-    def __init__(self, images: np.ndarray, config, device: torch.device | str):
-        self.config, self.tcfg, self.device = config, config.training, torch.device(device)
-        seed_everything(config.seed)
+    def __init__(self, images: np.ndarray, config, runtime: Runtime):
+        self.config, self.tcfg, self.runtime = config, config.training, runtime
+        self.device = runtime.device
+        self.rows = runtime.share(runtime.world_size * runtime.per_rank(self.tcfg.batch_size, "training.batch_size"))
+        runtime.seed(config.seed)
         self.sde = VPSDE.from_config(config.sde)
         self.model = ScoreUNet(config.model, config.data.image_size)
         self.model.to(self.device, memory_format=memory_format(self.tcfg))
-        self.forward = compiled(self.model, self.tcfg.compile)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.forward = compiled(runtime.data_parallel(self.model), self.tcfg.compile)
+        runtime.seed_rank_stream(config.seed)
         self.params, self.ema_params = list(self.model.parameters()), list(self.ema.parameters())
         self.opt = torch.optim.Adam(
             self.params, lr=self.tcfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=self.device.type == "cuda"
@@ -60,16 +57,17 @@ class ScoreTrainer:
 
     def step(self, step: int) -> float:
         """One optimisation step; returns its learning rate. Nothing here waits for the device."""
-        tcfg, gen, device, batch = self.tcfg, self.gen, self.device, self.tcfg.batch_size
-        idx = torch.randint(self.data.shape[0], (batch,), generator=gen, device=device)
-        x = (self.data[idx].float() / 127.5 - 1).contiguous(memory_format=memory_format(tcfg))
-        flip = torch.rand(batch, generator=gen, device=device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        tcfg, gen, device, batch, rows = self.tcfg, self.gen, self.device, self.tcfg.batch_size, self.rows
+        idx = torch.randint(self.data.shape[0], (batch,), generator=gen, device=device)[rows]
+        flip = (torch.rand(batch, generator=gen, device=device) < 0.5)[rows]
+        t, z = dsm_draws(batch, self.data.shape[1:], gen, device, tcfg.eps)
+        x = self.data[idx].float() / 127.5 - 1
+        x = torch.where(flip[:, None, None, None], x.flip(3), x).contiguous(memory_format=memory_format(tcfg))
         lr = tcfg.lr * min(step / tcfg.warmup, 1.0) if tcfg.warmup > 0 else tcfg.lr
         for group in self.opt.param_groups:
             group["lr"] = lr
-        with autocast(device, tcfg.amp):
-            loss = dsm_loss(self.forward, self.sde, x, gen, tcfg.eps)
+        with self.runtime.autocast(tcfg.amp):
+            loss = dsm_loss(self.forward, self.sde, x, t[rows], z[rows])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.grad_clip > 0:
@@ -84,17 +82,26 @@ class ScoreTrainer:
             self.loss_sum += loss
         return lr
 
+    def failed_step(self) -> int | None:
+        """None while every rank's losses are finite; else this rank's first non-finite step, or -1 when only
+        another rank had one (waits for the device)."""
+        if self.runtime.mean((self.bad_step >= 0).float()).item() == 0:
+            return None
+        return int(self.bad_step.item())
+
     def state_dict(self, step: int) -> dict:
-        rng = {"device": self.device.type, "data": self.gen.get_state(), "torch": torch.get_rng_state()}
+        """Everything a resume needs; the per-rank RNG states of all ranks (a collective under torchrun)."""
+        own = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        ranks = self.runtime.gather_objects(own)
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "step": step,
-            "loss_sum": self.loss_sum,
-            "rng": rng,
+            "loss_sum": self.runtime.mean(self.loss_sum).to(self.device),
+            "rng": {"device": self.device.type, "data": self.gen.get_state(), "ranks": ranks},
         }
 
     def load_state_dict(self, ckpt: dict) -> int:
@@ -104,99 +111,110 @@ class ScoreTrainer:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.loss_sum.copy_(ckpt["loss_sum"])
         step, rng = int(ckpt["step"]), ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["device"] != self.device.type:
-            log.warning("score model: checkpoint was trained on %s, resuming on %s: reseeding its sampling RNG",
-                        rng["device"], self.device.type)
+        if rng["device"] != self.device.type or len(rng["ranks"]) != self.runtime.world_size:
+            log.warning("score model: checkpoint was trained on %d %s process(es), resuming on %d %s: its random "
+                        "streams are reseeded", len(rng["ranks"]), rng["device"], self.runtime.world_size,
+                        self.device.type)
             self.gen.manual_seed(self.config.seed + step)
-        else:
-            self.gen.set_state(rng["data"])
-            if self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            self.runtime.seed_rank_stream(self.config.seed + step)
+            return step
+        self.gen.set_state(rng["data"])
+        own = rng["ranks"][self.runtime.rank]
+        torch.set_rng_state(own["torch"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
         return step
 
 
-def train_score_model(images: np.ndarray, config, workdir: str | Path, device: torch.device | str) -> list[Path]:
-    """Train on uint8 NHWC `images`; return the checkpoints at training.snapshot_iters and training.n_iters."""
-    workdir, device, tcfg = Path(workdir), torch.device(device), config.training
-    snapshots = _snapshot_steps(tcfg)
-    paths = [checkpoint_path(workdir, s) for s in snapshots]
+def train_score_model(images: np.ndarray, config, files: ScoreModelFiles, runtime: Runtime) -> list[int]:
+    """Train on uint8 NHWC `images`, continuing from the newest readable checkpoint; return the snapshot steps
+    (training.snapshot_iters and training.n_iters), whose checkpoints then all exist."""
+    tcfg = config.training
+    snapshots = snapshot_steps(tcfg)
     data = _check_images(images, config.data.image_size)
     check_sampling_config(config.sampling)
-    fp = fingerprint(data, {k: config[k].to_dict() for k in ("sde", "model")}, config.seed, _recipe(tcfg))
-    if all(p.is_file() for p in paths):
-        _check_fingerprint(paths[-1], _read_checkpoint(paths[-1]), fp)
-        return paths
+    key = score_model_key(config, data)
+    readable = [step for step in files.steps() if files.load_checkpoint(step) is not None]
+    missing = [step for step in snapshots if step not in readable]
+    if not missing:
+        return snapshots
 
-    trainer = ScoreTrainer(data, config, device)
+    trainer = ScoreTrainer(data, config, runtime)
     start, last_good, rows = 0, None, []
-    resume = _newest_checkpoint(workdir, snapshots[-1])
-    if resume is not None:
-        ckpt = _read_checkpoint(resume, mmap=False)
-        _check_fingerprint(resume, ckpt, fp)
-        start, last_good = trainer.load_state_dict(ckpt), resume
-        del ckpt
-        rows = _read_log(workdir / "train_log.csv", start)
-        log.info("score model: resuming from %s", resume)
-        if not _grid_path(resume).is_file():
-            _write_grid(trainer.ema, config, device, _grid_path(resume))
+    earlier = [step for step in readable if step < missing[0]]
+    if earlier:
+        ckpt = files.load_checkpoint(earlier[-1], mmap=False)
+        if ckpt.get("fingerprint") != key:
+            raise FitmError(f"{files.checkpoint(earlier[-1])}: checkpoint was trained on other images or "
+                            f"sde/model/training settings; remove {files.dir} (or use --force) to train afresh")
+        start, last_good = trainer.load_state_dict(ckpt), files.checkpoint(earlier[-1])
+        rows = _read_log(files, start)
+        log.info("score model: resuming from %s", last_good)
 
-    bar = progress(range(start + 1, snapshots[-1] + 1), initial=start, total=snapshots[-1], desc="score model")
+    bar = runtime.progress(range(start + 1, snapshots[-1] + 1), initial=start, total=snapshots[-1],
+                           desc="score model")
     for step in bar:
         lr = trainer.step(step)
         is_snapshot = step in snapshots
-        if (step % tcfg.log_every == 0 or is_snapshot) and trainer.bad_step.item() >= 0:
-            raise FitmError(
-                f"training: non-finite loss at step {trainer.bad_step.item()}; last good checkpoint: "
-                f"{last_good or 'none'} (try a lower training.lr or training.grad_clip)"
-            )
+        if step % tcfg.log_every == 0 or is_snapshot:
+            failed = trainer.failed_step()
+            if failed is not None:
+                at = f" at step {failed}" if failed >= 0 else " on another rank"
+                raise FitmError(f"training: non-finite loss{at}; last good checkpoint: {last_good or 'none'} "
+                                "(try a lower training.lr or training.grad_clip)")
         if step % tcfg.log_every == 0:
-            rows.append({"step": step, "loss": (trainer.loss_sum / tcfg.log_every).item(), "lr": lr})
+            rows.append({"step": step, "loss": runtime.mean(trainer.loss_sum).item() / tcfg.log_every, "lr": lr})
             trainer.loss_sum.zero_()
-            save_csv(rows, workdir / "train_log.csv")
+            if files.writer:
+                save_csv(rows, files.train_log)
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4g}")
         if is_snapshot:
-            path = checkpoint_path(workdir, step)
-            save_torch(dict(trainer.state_dict(step), fingerprint=fp), path)
-            last_good = path
-            _write_grid(trainer.ema, config, device, _grid_path(path))
-    return paths
+            last_good = files.save_checkpoint(step, dict(trainer.state_dict(step), fingerprint=key))
+            if files.writer:
+                _write_grid(trainer.ema, config, runtime, files.samples(step))
+    runtime.barrier()  # every checkpoint is on disk before any rank reads one
+    return snapshots
 
 
-def load_ema_model(ckpt_path: str | Path, config, device: torch.device | str) -> ScoreUNet:
+def ema_model(ckpt: dict, config, device: torch.device | str) -> ScoreUNet:
     """The EMA weights of a checkpoint in a ScoreUNet built from config.model, in eval mode."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FitmError(f"score-model checkpoint {path} does not exist")
-    ckpt = _read_checkpoint(path)
     with torch.device("meta"):
         model = ScoreUNet(config.model, config.data.image_size)
     try:
         model.load_state_dict(ckpt["ema"], assign=True)
     except (KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FitmError(f"{path}: does not hold EMA weights for this model.* / data.image_size config ({first})") from e
+        raise FitmError(f"score-model checkpoint of step {ckpt.get('step')}: does not hold EMA weights for this "
+                        f"model.* / data.image_size config ({first})") from e
     return model.to(device).eval().requires_grad_(False)
 
 
-def generate_fakes(ckpt_path: str | Path, config, count: int, seed: int, device: torch.device | str) -> np.ndarray:
-    """`count` uint8 NHWC images from a checkpoint's EMA model with config.sampling, batched by
-    sampling.batch_size; the same seed, device and batch size give the same images."""
+def generate_fakes(model: nn.Module, config, count: int, seed: int, runtime: Runtime) -> np.ndarray:
+    """`count` uint8 NHWC images from the score model with config.sampling, in batches of sampling.batch_size
+    seeded by (seed, batch index): the same images whatever the number of ranks that share the batches."""
     if not isinstance(count, int) or count < 1:
         raise FitmError(f"fakes.count: expected a positive number of fakes, got {count!r}")
-    device = torch.device(device)
     check_sampling_config(config.sampling)
-    model = load_ema_model(ckpt_path, config, device)
     sde = VPSDE.from_config(config.sde)
     size, bs = config.data.image_size, config.sampling.batch_size
-    eps_fn = model_eps_fn(model, device, config.training)
-    gen = torch.Generator(device).manual_seed(seed)
+    eps_fn = model_eps_fn(model, runtime, config.training)
+    starts = list(range(0, count, bs))
+    parts = []
+    for lo in runtime.progress(starts[runtime.share(len(starts))], desc="fakes"):
+        gen = torch.Generator(runtime.device).manual_seed(batch_seed(seed, lo // bs))
+        shape = (min(bs, count - lo), 3, size, size)
+        parts.append((lo, to_uint8(sample(eps_fn, sde, shape, config.sampling, gen, runtime.device,
+                                          progress=runtime.progress))))
     out = np.empty((count, size, size, 3), dtype=np.uint8)
-    for lo in progress(range(0, count, bs), desc="fakes", total=-(-count // bs)):
-        n = min(bs, count - lo)
-        x = sample(eps_fn, sde, (n, 3, size, size), config.sampling, gen, device)
-        out[lo : lo + n] = to_uint8(x)
+    for rank_parts in runtime.gather_objects(parts):
+        for lo, images in rank_parts:
+            out[lo:lo + len(images)] = images
     return out
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """An independent seed for batch `index` of a sampling run."""
+    return int(np.random.SeedSequence((seed, index)).generate_state(1)[0])
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -205,14 +223,14 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def model_eps_fn(model: nn.Module, device: torch.device, tcfg):
+def model_eps_fn(model: nn.Module, runtime: Runtime, tcfg):
     """The network as a float32 epsilon function for the samplers, with the training section's precision
     (bf16 autocast on GPU when training.amp), memory format and compilation."""
     model = model.to(memory_format=memory_format(tcfg))
     forward = compiled(model, tcfg.compile)
 
     def eps_fn(x, t):
-        with autocast(device, tcfg.amp):
+        with runtime.autocast(tcfg.amp):
             return forward(x.contiguous(memory_format=memory_format(tcfg)), t).float()
 
     return eps_fn
@@ -223,38 +241,16 @@ def memory_format(tcfg) -> torch.memory_format:
     return torch.channels_last if tcfg.channels_last else torch.contiguous_format
 
 
-def _write_grid(ema: nn.Module, config, device: torch.device, path: Path) -> None:
+def _write_grid(ema: nn.Module, config, runtime: Runtime, path) -> None:
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
-    x = sample(
-        model_eps_fn(ema, device, config.training), sde, (GRID_IMAGES, 3, size, size), config.sampling,
-        config.seed, device,
-    )
+    x = sample(model_eps_fn(ema, runtime, config.training), sde, (GRID_IMAGES, 3, size, size), config.sampling,
+               config.seed, runtime.device, progress=runtime.progress)
     save_grid(to_uint8(x), path, nrow=8)
 
 
-def _grid_path(ckpt: Path) -> Path:
-    return ckpt.with_name(ckpt.name.replace("ckpt_", "samples_").replace(".pt", ".png"))
-
-
-def _snapshot_steps(tcfg) -> list[int]:
-    n_iters = tcfg.n_iters
-    if not isinstance(n_iters, int) or n_iters < 1:
-        raise FitmError(f"training.n_iters={n_iters!r} must be a positive integer")
-    snaps = sorted(set(tcfg.snapshot_iters) | {n_iters})
-    if any(not isinstance(s, int) or not 1 <= s <= n_iters for s in snaps):
-        raise FitmError(
-            f"training.snapshot_iters={tuple(tcfg.snapshot_iters)} must be integers in 1..training.n_iters={n_iters}"
-        )
-    if not isinstance(tcfg.batch_size, int) or tcfg.batch_size < 1:
-        raise FitmError(f"training.batch_size={tcfg.batch_size!r} must be a positive integer")
-    if not isinstance(tcfg.log_every, int) or tcfg.log_every < 1:
-        raise FitmError(f"training.log_every={tcfg.log_every!r} must be a positive integer")
-    return snaps
-
-
-def _recipe(tcfg) -> dict:
-    """The training settings a checkpoint depends on; n_iters and snapshot_iters may change between runs."""
-    return {k: tcfg[k] for k in ("batch_size", "lr", "warmup", "grad_clip", "eps", "amp", "log_every")}
+def snapshot_steps(tcfg) -> list[int]:
+    """training.snapshot_iters and training.n_iters, ascending: the checkpoints training leaves."""
+    return sorted(set(tcfg.snapshot_iters) | {tcfg.n_iters})
 
 
 def _check_images(images, image_size: int) -> np.ndarray:
@@ -274,32 +270,11 @@ def _check_images(images, image_size: int) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def _read_checkpoint(path: Path, mmap: bool = True) -> dict:
-    """mmap reads only the tensors used (the EMA weights, the fingerprint); resuming needs them all, copied."""
+def _read_log(files: ScoreModelFiles, upto: int) -> list[dict]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FitmError(f"{path}: not a readable score-model checkpoint ({first})") from e
-
-
-def _check_fingerprint(path: Path, ckpt: dict, fp: str) -> None:
-    if ckpt.get("fingerprint") != fp:
-        raise FitmError(
-            f"{path}: checkpoint was trained on other images or sde/model/training settings; "
-            f"remove {path.parent} (or use --force) to train afresh"
-        )
-
-
-def _newest_checkpoint(workdir: Path, last_step: int) -> Path | None:
-    steps = [int(m.group(1)) for p in workdir.glob("ckpt_*.pt") if (m := _CKPT.fullmatch(p.name))]
-    steps = [s for s in steps if s <= last_step]
-    return checkpoint_path(workdir, max(steps)) if steps else None
-
-
-def _read_log(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"])} for r in csv.DictReader(f)]
+        with open(files.train_log, newline="") as f:
+            rows = [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"])}
+                    for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return []  # a missing or damaged log restarts the table; the weights resume all the same
     return [r for r in rows if r["step"] <= upto]

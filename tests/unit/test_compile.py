@@ -8,7 +8,10 @@ import torch
 from fitm.configs.digits import get_config
 from fitm.detector.backbone import create_backbone
 from fitm.detector.train import extract_features
+from fitm.runtime import Runtime
 from fitm.sde import ScoreUNet, model_eps_fn
+
+RUNTIME = Runtime.local("cpu", quiet=True)
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
@@ -37,9 +40,9 @@ def test_unet_option_gives_eager_outputs(option):
     model = random_unet(c)
     x, t = torch.randn(4, 3, 8, 8), torch.rand(4)
     with torch.no_grad():
-        eager = model_eps_fn(model, torch.device("cpu"), c.training)(x, t)
+        eager = model_eps_fn(model, RUNTIME, c.training)(x, t)
         c.training[option] = True
-        other = model_eps_fn(model, torch.device("cpu"), c.training)(x, t)
+        other = model_eps_fn(model, RUNTIME, c.training)(x, t)
     assert eager.abs().max() > 0.1
     torch.testing.assert_close(other, eager, **TOLERANCE)
 
@@ -49,7 +52,7 @@ def test_compiled_vit_features_equal_eager():
     torch.manual_seed(0)
     model = create_backbone(c.detector)
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    eager = extract_features(model, images, c.detector, "cpu")
+    eager = extract_features(model, images, c.detector, RUNTIME)
     c.detector.compile = True
-    torch.testing.assert_close(extract_features(model, images, c.detector, "cpu"), eager, **TOLERANCE)
+    torch.testing.assert_close(extract_features(model, images, c.detector, RUNTIME), eager, **TOLERANCE)
     assert not any(k.startswith("_orig_mod") for k in model.state_dict())  # the module itself stays plain

@@ -5,13 +5,16 @@ import pytest
 import torch
 
 from fitm.configs.default import get_config
-from fitm.detector import BatchTransform, create_backbone, extract_features, features, freeze, knn_scores, metrics
+from fitm.detector import BatchTransform, create_backbone, extract_features, features, freeze, metrics
 from fitm.detector.train import train_discriminator
 from fitm.detector.transforms import NORMALIZE
 from fitm.errors import FitmError
+from fitm.knn import knn_scores
+from fitm.runtime import Runtime
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
+RUNTIME = Runtime.local("cpu", quiet=True)
 
 
 def tiny_cfg(**overrides):
@@ -83,7 +86,7 @@ def test_bad_inputs_raise():
         BatchTransform(tiny_cfg(resize=30), CPU)
     with pytest.raises(FitmError, match="fakes: expected uint8"):
         train_discriminator(create_backbone(tiny_cfg()), np.zeros((2, 8, 8, 3), np.uint8),
-                            np.zeros((2, 8, 8, 1), np.uint8), tiny_cfg(), CPU, seed=0)
+                            np.zeros((2, 8, 8, 1), np.uint8), tiny_cfg(), RUNTIME, seed=0)
 
 
 def blobs(n, size, rng):
@@ -102,7 +105,7 @@ def test_train_separates_normals_from_fakes(tmp_path):
     torch.manual_seed(0)
     model = create_backbone(cfg)
     freeze(model, 1)
-    rows = train_discriminator(model, normal, fakes, cfg, CPU, seed=0, log_path=tmp_path / "log.csv")
+    rows = train_discriminator(model, normal, fakes, cfg, RUNTIME, seed=0, log_path=tmp_path / "log.csv")
 
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["loss"] < 0.3 and rows[-1]["accuracy"] > 0.9
@@ -111,9 +114,9 @@ def test_train_separates_normals_from_fakes(tmp_path):
         logged = list(csv.DictReader(f))
     assert [float(r["loss"]) for r in logged] == pytest.approx([r["loss"] for r in rows])
 
-    bank = extract_features(model, normal, cfg, CPU)
+    bank = extract_features(model, normal, cfg, RUNTIME)
     test = np.concatenate([blobs(20, 16, rng), rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)])
-    queries = extract_features(model, test, cfg, CPU)
+    queries = extract_features(model, test, cfg, RUNTIME)
     assert bank.shape == (64, 64) and bank.dtype == torch.float32
     scores = knn_scores(queries, bank, k=cfg.k)
     assert metrics(scores, np.r_[np.zeros(20), np.ones(20)])["auroc"] > 0.9
@@ -132,6 +135,63 @@ def test_training_is_seeded():
     for seed in (5, 5, 6):
         torch.manual_seed(0)
         model = create_backbone(cfg)
-        torch.nn.init.normal_(model.head.weight, std=0.1)  # so the encoder gets gradients from step one
-        losses.append(train_discriminator(model, normal, fakes, cfg, CPU, seed=seed)[0]["loss"])
+        losses.append(train_discriminator(model, normal, fakes, cfg, RUNTIME, seed=seed)[0]["loss"])
     assert losses[0] == losses[1] != losses[2]
+
+
+def test_min_steps_raises_the_epochs_of_a_small_set():
+    from fitm.detector.train import epochs_for
+
+    cfg = tiny_cfg(epochs=8, batch_size=64, min_steps=300)
+    assert epochs_for(cfg, 100) == 150  # 2 steps per epoch: 150 epochs make the 300 steps
+    assert epochs_for(cfg, 100_000) == 8  # a large set keeps the recipe's epochs
+    assert epochs_for(tiny_cfg(epochs=8, batch_size=64, min_steps=0), 100) == 8
+
+
+def test_near_chance_accuracy_is_warned_about(caplog):
+    rng = np.random.default_rng(2)
+    same = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = create_backbone(tiny_cfg())
+    rows = train_discriminator(model, same, same.copy(), tiny_cfg(epochs=1, batch_size=16), RUNTIME, seed=0)
+    assert rows[-1]["accuracy"] < 0.6  # normals and fakes are the same images: nothing to learn
+    assert "near chance" in caplog.text
+
+
+def test_a_non_finite_loss_stops_training_with_the_key_to_change():
+    rng = np.random.default_rng(3)
+    normal, fakes = blobs(16, 16, rng), rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = create_backbone(tiny_cfg())
+    with pytest.raises(FitmError, match=r"non-finite in epoch \d.*detector\.lr"):
+        train_discriminator(model, normal, fakes, tiny_cfg(epochs=3, batch_size=8, lr=1e6, momentum=0.9), RUNTIME,
+                            seed=0)
+
+
+@pytest.mark.parametrize("backbone, frozen, trainable_prefix", [
+    ("resnet18", 2, "layer3."), ("convnext_tiny", 1, "stages.1."), ("vit_tiny_patch16_224", 1, "blocks.1."),
+])
+def test_any_timm_classifier_trains_and_scores(backbone, frozen, trainable_prefix):
+    """The backbone adapter: a fresh 2-way head, the first blocks or stages frozen, pre-logits features."""
+    from fitm.detector.backbone import blocks
+
+    arch = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2} if backbone.startswith("vit") else {}
+    cfg = tiny_cfg(backbone=backbone, epochs=2, batch_size=16, lr=0.02, momentum=0.9, dropout=0.0)
+    cfg.arch = {k: arch.get(k) for k in cfg.arch}
+    torch.manual_seed(0)
+    model = create_backbone(cfg)
+    freeze(model, frozen)
+    names = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert names and all(not n.startswith(trainable_prefix) for n in names)
+    assert any(n.startswith(trainable_prefix) and p.requires_grad for n, p in model.named_parameters())
+    assert len(blocks(model)) >= 2 and model.get_classifier().out_features == 2
+    rng = np.random.default_rng(0)
+    normal, fakes = blobs(48, 16, rng), rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = train_discriminator(model, normal, fakes, cfg, RUNTIME, seed=0)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in names)  # frozen stayed
+    assert rows[-1]["accuracy"] > 0.8
+    bank = extract_features(model, normal, cfg, RUNTIME)
+    test = np.concatenate([blobs(16, 16, rng), rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)])
+    scores = knn_scores(extract_features(model, test, cfg, RUNTIME), bank, k=2)
+    assert metrics(scores, np.r_[np.zeros(16), np.ones(16)])["auroc"] > 0.8

@@ -7,8 +7,10 @@ import torch
 import fitm.sde.early_stop as early_stop
 from fitm.configs.digits import get_config
 from fitm.errors import FitmError
+from fitm.runtime import Runtime
 
 CPU = torch.device("cpu")
+RUNTIME = Runtime.local("cpu", quiet=True)
 
 
 def normal_images(n=300, seed=0):
@@ -39,16 +41,41 @@ def test_the_earliest_snapshot_within_the_factor_is_chosen(values, factor, expec
     assert early_stop.earliest_near(values, factor) == expected
 
 
-def test_choose_auto_probes_every_snapshot_with_normal_data_only(tmp_path, monkeypatch):
-    normal = normal_images()
-    fakes_by_step = {100: np.zeros_like(normal), 200: normal_images(seed=5), 300: normal_images(seed=6)}
+def stub_snapshots(monkeypatch, fakes_by_step):
+    """Snapshots whose 'model' is its step and whose fakes are given: choose_auto without a score model."""
+    monkeypatch.setattr(early_stop, "ema_model", lambda ckpt, config, device: ckpt["step"])
     monkeypatch.setattr(early_stop, "generate_fakes",
-                        lambda path, config, count, seed, device: fakes_by_step[int(path.stem.split("_")[1])][:count])
-    checkpoints = [tmp_path / f"ckpt_{step}.pt" for step in fakes_by_step]
-    chosen, table = early_stop.choose_auto(checkpoints, normal, get_config(), CPU)
-    assert chosen == checkpoints[1]
+                        lambda step, config, count, seed, runtime: fakes_by_step[step][:count])
+    files = type("Files", (), {"load_checkpoint": lambda self, step: {"step": step}})()
+    return files, list(fakes_by_step)
+
+
+def test_choose_auto_probes_every_snapshot_with_normal_data_only(monkeypatch):
+    normal = normal_images()
+    noise = np.random.default_rng(7).integers(0, 256, normal.shape, dtype=np.uint8)
+    files, steps = stub_snapshots(monkeypatch, {100: noise, 200: normal_images(seed=5), 300: normal_images(seed=6)})
+    chosen, table = early_stop.choose_auto(files, steps, normal, get_config(), RUNTIME)
+    assert chosen == 200
     assert [row["step"] for row in table] == [100, 200, 300] and [row["chosen"] for row in table] == [0, 1, 0]
     assert table[0]["nearness"] > 1.5 * table[1]["nearness"]
+    assert all(row["degenerate"] == 0 for row in table)
 
     with pytest.raises(FitmError, match="at least 6 normal"):
-        early_stop.choose_auto(checkpoints, normal[:5], get_config(), CPU)
+        early_stop.choose_auto(files, steps, normal[:5], get_config(), RUNTIME)
+
+
+def test_a_mostly_degenerate_snapshot_is_never_chosen(monkeypatch):
+    """Flat grey squares sit near the middle of smooth normals in pixels, so by nearness alone they would be
+    chosen; being mostly degenerate, they are passed over."""
+    normal = normal_images()
+    rng = np.random.default_rng(8)
+    flat = np.clip(127 + rng.normal(0, 3, normal.shape), 0, 255).astype(np.uint8)
+    flat[::3] = normal_images(seed=8)[::3]  # a third of them are not flat
+    noise = rng.integers(0, 256, normal.shape, dtype=np.uint8)
+    files, steps = stub_snapshots(monkeypatch, {100: noise, 200: flat, 300: normal_images(seed=6)})
+    chosen, table = early_stop.choose_auto(files, steps, normal, get_config(), RUNTIME)
+    assert table[1]["degenerate"] > 0.5 and table[2]["degenerate"] == 0
+    assert early_stop.earliest_near([row["nearness"] for row in table], 1.1) == 1  # what nearness alone picks
+    assert chosen == 300
+    assert early_stop.earliest_near([3.0, 1.0, 2.0], 1.1, usable=[True, False, True]) == 2
+    assert early_stop.earliest_near([3.0, 1.0], 1.1, usable=[False, False]) == 1  # none usable: all count

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fitm.detector.knn import knn_scores
+from fitm.knn import knn_scores
 from fitm.errors import FitmError
 
 torch.set_num_threads(2)
@@ -39,7 +39,7 @@ def test_bad_k_or_shapes_raise():
 
 
 def test_leave_one_out_scores_each_bank_feature_against_the_rest():
-    from fitm.detector.knn import leave_one_out_scores
+    from fitm.knn import leave_one_out_scores
 
     bank = torch.randn(30, 8, generator=torch.Generator().manual_seed(3)) * 2
     loo = leave_one_out_scores(bank, k=2)

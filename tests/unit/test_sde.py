@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 from scipy.integrate import quad
 
 from fitm.errors import FitmError
-from fitm.sde import VPSDE, dsm_loss, eps_from_score, sample, score_from_eps
+from fitm.sde import VPSDE, dsm_draws, dsm_loss, eps_from_score, sample, score_from_eps
 
 MU = torch.tensor([0.5, -0.3])
 SIGMA = torch.tensor([[0.3, 0.1], [0.1, 0.2]])
@@ -30,7 +30,7 @@ def gaussian_score(sde, mu=MU, sigma=SIGMA):
 
 def sampling_cfg(**kw):
     base = dict(method="ddim", corrector="none", snr=0.16, corrector_steps=1, steps=100, eps=1e-3, denoise=True,
-                batch_size=1000, ode_tol=1e-5)
+                batch_size=1000, ode_tol=1e-5, clip_denoised=False)
     return ConfigDict(dict(base, **kw))
 
 
@@ -103,7 +103,8 @@ def test_dsm_loss_is_lowest_for_the_true_score():
     true = eps_from_score(gaussian_score(sde), sde)
     shifted = eps_from_score(gaussian_score(sde, mu=MU + 0.3), sde)
     scaled = eps_from_score(gaussian_score(sde, sigma=SIGMA * 2), sde)
-    losses = [dsm_loss(fn, sde, x0, torch.Generator().manual_seed(1), 1e-5).item() for fn in (true, shifted, scaled)]
+    t, z = dsm_draws(len(x0), x0.shape[1:], torch.Generator().manual_seed(1), "cpu", 1e-5)
+    losses = [dsm_loss(fn, sde, x0, t, z).item() for fn in (true, shifted, scaled)]
     assert losses[0] < losses[1] and losses[0] < losses[2]
     assert losses[0] < 1.0  # eps prediction from a clean-enough score beats the trivial 0 prediction (loss 1)
 
@@ -127,6 +128,19 @@ def test_samplers_reproduce_a_gaussian(kw):
     assert x.shape == (N_SAMPLES, 2)
     assert torch.allclose(x.mean(0), MU, atol=0.03), x.mean(0)
     assert torch.allclose(torch.cov(x.T), SIGMA, atol=0.03), torch.cov(x.T)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "reverse_diffusion", "ddim"])
+def test_clip_denoised_keeps_samples_in_the_data_range(method):
+    """A model whose denoised estimate lies far outside [-1, 1] (here: data centred at 3) drives unclipped
+    samples out of range; clipped, every step's estimate and so the samples stay within it."""
+    sde = VPSDE()
+    far = gaussian_score(sde, mu=torch.tensor([3.0, -3.0]), sigma=torch.eye(2) * 0.01)
+    off = sample(far, sde, (256, 2, 1, 1), sampling_cfg(method=method, steps=50), 0, predicts="score")
+    on = sample(far, sde, (256, 2, 1, 1), sampling_cfg(method=method, steps=50, clip_denoised=True), 0,
+                predicts="score")
+    assert off.abs().mean() > 2.5
+    assert on.abs().max() <= 1.0 + 1e-4 and on.abs().mean() > 0.9  # pinned at the edge of the range
 
 
 def test_sampling_is_seeded_and_takes_eps_models():

@@ -1,4 +1,5 @@
-"""Score-model training: it learns, resumes bit-exactly, and refuses bad input with clear messages."""
+"""Score-model training: it learns, resumes bit-exactly (also after extending training), treats a damaged
+checkpoint as missing, and refuses bad input with clear messages."""
 
 import numpy as np
 import pytest
@@ -10,8 +11,11 @@ import fitm.sde.train as train_mod
 from fitm.configs.digits import get_config
 from fitm.errors import FitmError
 from fitm.io import save_torch
-from fitm.sde import generate_fakes, load_ema_model, train_score_model
+from fitm.run import ScoreModelFiles
+from fitm.runtime import Runtime
+from fitm.sde import ema_model, generate_fakes, train_score_model
 
+CPU = Runtime.local("cpu", quiet=True)
 
 
 def digits(size: int, label: int = 0) -> np.ndarray:
@@ -35,44 +39,73 @@ def tiny_config(size=8, n_iters=6, snapshots=(3, 6), **training):
 def test_loss_falls_on_digits(tmp_path):
     c = tiny_config(size=16, n_iters=150, snapshots=(150,), batch_size=16, log_every=25, warmup=10, lr=2e-3)
     c.model.dropout = 0.0
-    (ckpt,) = train_score_model(digits(16), c, tmp_path, "cpu")
-    rows = np.genfromtxt(tmp_path / "train_log.csv", delimiter=",", names=True)
+    files = ScoreModelFiles(tmp_path)
+    assert train_score_model(digits(16), c, files, CPU) == [150]
+    rows = np.genfromtxt(files.train_log, delimiter=",", names=True)
     assert list(rows["step"]) == [25, 50, 75, 100, 125, 150]
     assert rows["loss"][-1] < 0.3 * rows["loss"][0], rows["loss"]
-    assert ckpt == tmp_path / "ckpt_150.pt" and (tmp_path / "samples_150.png").is_file()
+    assert files.checkpoint(150).is_file() and files.samples(150).is_file()
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    images = digits(8)
-    straight = train_score_model(images, tiny_config(log_every=4), tmp_path / "a", "cpu")
-    # Stop after the first snapshot (and lose its sample grid, as a kill would), then carry on.
-    train_score_model(images, tiny_config(n_iters=3, snapshots=(3,), log_every=4), tmp_path / "b", "cpu")
-    (tmp_path / "b" / "samples_3.png").unlink()
-    resumed = train_score_model(images, tiny_config(log_every=4), tmp_path / "b", "cpu")
-    assert [p.name for p in straight] == [p.name for p in resumed] == ["ckpt_3.pt", "ckpt_6.pt"]
-    a, b = (torch.load(p[-1], weights_only=True) for p in (straight, resumed))
-    assert a["step"] == b["step"] == 6
+def _same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     for k, state in a["optimizer"]["state"].items():
         assert all(torch.equal(v, b["optimizer"]["state"][k][name]) for name, v in state.items())
     assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and torch.equal(a["loss_sum"], b["loss_sum"])
-    assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
-    assert (tmp_path / "b" / "samples_3.png").is_file()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    images = digits(8)
+    a, b = ScoreModelFiles(tmp_path / "a"), ScoreModelFiles(tmp_path / "b")
+    assert train_score_model(images, tiny_config(log_every=4), a, CPU) == [3, 6]
+    # Stop after the first snapshot (and lose its sample grid, as a kill would), then carry on.
+    train_score_model(images, tiny_config(n_iters=3, snapshots=(3,), log_every=4), b, CPU)
+    b.samples(3).unlink()
+    assert train_score_model(images, tiny_config(log_every=4), b, CPU) == [3, 6]
+    _same_state(a.load_checkpoint(6), b.load_checkpoint(6))
+    assert a.train_log.read_text() == b.train_log.read_text()
     # weights moved: the comparison above is not between two untouched initialisations
-    first = torch.load(straight[0], weights_only=True)
-    assert not all(torch.equal(first["model"][k], a["model"][k]) for k in a["model"])
+    first, last = a.load_checkpoint(3), a.load_checkpoint(6)
+    assert not all(torch.equal(first["model"][k], last["model"][k]) for k in last["model"])
+
+
+def test_extending_n_iters_or_adding_snapshots_continues_from_the_newest_checkpoint(tmp_path, monkeypatch):
+    images = digits(8)
+    straight = ScoreModelFiles(tmp_path / "straight")
+    train_score_model(images, tiny_config(n_iters=8, snapshots=(3, 5, 6)), straight, CPU)
+    files = ScoreModelFiles(tmp_path / "grown")
+    train_score_model(images, tiny_config(n_iters=6, snapshots=(3,)), files, CPU)
+    steps = []
+    real = train_mod.ScoreTrainer.step
+    monkeypatch.setattr(train_mod.ScoreTrainer, "step", lambda self, i: steps.append(i) or real(self, i))
+    # step 5 is a new snapshot before the newest checkpoint: training resumes at 3, the last before it
+    assert train_score_model(images, tiny_config(n_iters=8, snapshots=(3, 5, 6)), files, CPU) == [3, 5, 6, 8]
+    assert steps == [4, 5, 6, 7, 8]
+    _same_state(straight.load_checkpoint(8), files.load_checkpoint(8))
 
 
 def test_existing_snapshots_are_returned_without_training(tmp_path, monkeypatch):
-    images = digits(8)
-    paths = train_score_model(images, tiny_config(n_iters=2, snapshots=(2,)), tmp_path, "cpu")
-    stamp = paths[0].stat().st_mtime_ns
+    images, files = digits(8), ScoreModelFiles(tmp_path)
+    train_score_model(images, tiny_config(n_iters=2, snapshots=(2,)), files, CPU)
+    stamp = files.checkpoint(2).stat().st_mtime_ns
     monkeypatch.setattr(train_mod, "dsm_loss", lambda *a, **k: pytest.fail("trained again"))
-    assert train_score_model(images, tiny_config(n_iters=2, snapshots=(2,)), tmp_path, "cpu") == paths
-    assert paths[0].stat().st_mtime_ns == stamp
+    assert train_score_model(images, tiny_config(n_iters=2, snapshots=(2,)), files, CPU) == [2]
+    assert files.checkpoint(2).stat().st_mtime_ns == stamp
     with pytest.raises(FitmError, match="other images"):
-        train_score_model(images[::-1].copy(), tiny_config(n_iters=2, snapshots=(2,)), tmp_path, "cpu")
+        train_score_model(images[::-1].copy(), tiny_config(n_iters=4, snapshots=(2,)), files, CPU)
+
+
+def test_a_damaged_checkpoint_is_trained_again_from_the_one_before(tmp_path, caplog):
+    images = digits(8)
+    straight, files = ScoreModelFiles(tmp_path / "a"), ScoreModelFiles(tmp_path / "b")
+    train_score_model(images, tiny_config(), straight, CPU)
+    train_score_model(images, tiny_config(), files, CPU)
+    files.checkpoint(6).write_bytes(files.checkpoint(6).read_bytes()[:100])  # truncated, as a full disk leaves it
+    assert train_score_model(images, tiny_config(), files, CPU) == [3, 6]
+    assert "ckpt_6.pt cannot be read" in caplog.text
+    _same_state(straight.load_checkpoint(6), files.load_checkpoint(6))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -85,44 +118,42 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return loss * float("nan") if len(calls) >= 5 else loss
 
     monkeypatch.setattr(train_mod, "dsm_loss", poisoned)
+    files = ScoreModelFiles(tmp_path)
     with pytest.raises(FitmError, match=r"non-finite loss at step 5; last good checkpoint: .*ckpt_3\.pt"):
-        train_score_model(digits(8), tiny_config(n_iters=8, snapshots=(3, 8), log_every=4), tmp_path, "cpu")
-    assert sorted(p.name for p in tmp_path.glob("ckpt_*.pt")) == ["ckpt_3.pt"]
+        train_score_model(digits(8), tiny_config(n_iters=8, snapshots=(3, 8), log_every=4), files, CPU)
+    assert files.steps() == [3]
 
 
 def test_ema_model_and_fakes(tmp_path):
-    c = tiny_config(n_iters=2, snapshots=(2,))
-    (ckpt,) = train_score_model(digits(8), c, tmp_path, "cpu")
-    model = load_ema_model(ckpt, c, "cpu")
-    saved = torch.load(ckpt, weights_only=True)["ema"]
-    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
-    fakes = generate_fakes(ckpt, c, 7, seed=1, device="cpu")  # two batches of 5
+    c, files = tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
+    train_score_model(digits(8), c, files, CPU)
+    ckpt = files.load_checkpoint(2)
+    model = ema_model(ckpt, c, "cpu")
+    assert not model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["ema"].items())
+    fakes = generate_fakes(model, c, 7, seed=1, runtime=CPU)  # two batches of 5
     assert fakes.shape == (7, 8, 8, 3) and fakes.dtype == np.uint8
-    assert np.array_equal(fakes, generate_fakes(ckpt, c, 7, seed=1, device="cpu"))
-    assert not np.array_equal(fakes, generate_fakes(ckpt, c, 7, seed=2, device="cpu"))
+    assert np.array_equal(fakes, generate_fakes(model, c, 7, seed=1, runtime=CPU))
+    assert not np.array_equal(fakes, generate_fakes(model, c, 7, seed=2, runtime=CPU))
+    # batches are seeded by their index: the first batch does not depend on how many follow
+    assert np.array_equal(fakes[:5], generate_fakes(model, c, 5, seed=1, runtime=CPU))
 
 
 def test_bad_input_is_refused(tmp_path):
-    c = tiny_config()
+    c, files = tiny_config(), ScoreModelFiles(tmp_path)
     with pytest.raises(FitmError, match="at least 2 normal training images"):
-        train_score_model(digits(8)[:1], c, tmp_path, "cpu")
+        train_score_model(digits(8)[:1], c, files, CPU)
     with pytest.raises(FitmError, match="data.image_size=8"):
-        train_score_model(digits(16), c, tmp_path, "cpu")
+        train_score_model(digits(16), c, files, CPU)
     with pytest.raises(FitmError, match="uint8 NHWC"):
-        train_score_model(digits(8).astype(np.float32), c, tmp_path, "cpu")
+        train_score_model(digits(8).astype(np.float32), c, files, CPU)
     c.data.image_size, c.model.ch_mult = 6, (1, 2, 2)
     with pytest.raises(FitmError, match=r"data\.image_size=6.*model\.ch_mult"):
-        train_score_model(digits(6), c, tmp_path, "cpu")
-    with pytest.raises(FitmError, match="training.snapshot_iters"):
-        train_score_model(digits(8), tiny_config(n_iters=4, snapshots=(3, 6)), tmp_path, "cpu")
-    assert not list(tmp_path.iterdir())  # every refusal came before any work
-    missing = tmp_path / "nowhere" / "ckpt_5.pt"
-    with pytest.raises(FitmError, match=str(missing)):
-        load_ema_model(missing, c, "cpu")
-    junk = tmp_path / "ckpt_1.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(FitmError, match="not a readable"):
-        generate_fakes(junk, tiny_config(), 3, 0, "cpu")
-    save_torch({"ema": {"nonsense": torch.zeros(1)}}, junk)
+        train_score_model(digits(6), c, files, CPU)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())  # every refusal came before any work
+    junk = ScoreModelFiles(tmp_path / "junk")
+    junk.dir.mkdir()
+    junk.checkpoint(1).write_bytes(b"not a checkpoint")
+    assert junk.load_checkpoint(1) is None  # unreadable: treated as missing
+    save_torch({"ema": {"nonsense": torch.zeros(1)}, "step": 1}, junk.checkpoint(1))
     with pytest.raises(FitmError, match="EMA weights"):
-        load_ema_model(junk, tiny_config(), "cpu")
+        ema_model(junk.load_checkpoint(1), tiny_config(), "cpu")

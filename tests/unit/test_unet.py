@@ -78,12 +78,13 @@ def test_attention_projections_start_at_the_reference_scale():
 def test_dsm_loss_is_per_pixel_mean_and_gradients_are_within_clipping_order():
     """The DDPM++ continuous config averages the loss over pixels (reduce_mean): a fresh model (zero output)
     scores E[z^2] = 1 per image, not the pixel count, and its first gradient is of the order of the clip (1.0)."""
-    from fitm.sde import VPSDE, dsm_loss
+    from fitm.sde import VPSDE, dsm_draws, dsm_loss
 
     cfg = small_cfg(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
     model = ScoreUNet(cfg, 16)
     x0 = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    loss = dsm_loss(model, VPSDE(), x0, torch.Generator().manual_seed(1))
+    t, z = dsm_draws(len(x0), x0.shape[1:], torch.Generator().manual_seed(1), "cpu")
+    loss = dsm_loss(model, VPSDE(), x0, t, z)
     assert loss.item() == pytest.approx(1.0, abs=0.05)
     loss.backward()
     grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
