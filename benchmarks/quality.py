@@ -1,19 +1,25 @@
-"""Does fitm work on real data? One-vs-all AUROC on the shared CIFAR-10 copy (or digits), from scratch,
-against baselines.
+"""Does fitm work on real data? One-class AUROC on the shared CIFAR-10 copy, against the baselines, over seeds.
 
-For each normal class, the same discriminator is trained against four kinds of fakes (fitm's early-stopped
-score-model fakes, fakes from the last checkpoint, Gaussian-noised normals, blurred normals), and two kNN
-baselines need no training (the same ViT untrained; raw pixels). `--study` adds the early-stop study on
-each class: the detector trained on the fakes of every snapshot, and what `fakes.checkpoint='auto'` picks.
+With --pretrained (the paper's regime, with benchmarks/pretrain.py's stand-in trained on classes 5-9): normal
+classes from 0-4, anomalies from the other classes of 0-4 only (never a pretraining class). Without it: all ten
+classes one-vs-all, every network from scratch. For each normal class and seed:
 
-    python benchmarks/quality.py --classes 0 1 2              # CPU configs (configs/cifar10_cpu.py)
-    python benchmarks/quality.py --classes 0 --study
-    python benchmarks/quality.py --config configs/digits.py --classes all --study --out runs/quality-digits
-    python benchmarks/quality.py --config configs/cifar10.py --set detector.pretrained=none ...   # on a GPU
-    python benchmarks/quality.py --merge runs/q1/quality.csv runs/q2/quality.csv --out runs/quality
+- pretrained_knn: kNN (k = 2) on the backbone's features, no fine-tuning (the paper's baseline);
+- fitm: end to end (score model, the snapshot the config chooses, the detector fine-tuned on its fakes);
+- late_fakes / noised_normals / blurred_normals: the same detector fine-tuned on other "fakes": the last
+  snapshot's, Gaussian-noised normals (std 0.1), blurred normals (sigma 1.5 px);
+- pixel_knn: kNN on raw pixels.
 
-Writes <out>/quality.csv, quality.md (and study.csv, study.md, study.png) and prints the tables; the run
-directories under <out> keep every stage, so a rerun redoes only what changed.
+`--study` adds the early-stop study: the detector fine-tuned on every snapshot's fakes, beside what 'auto' picks.
+`--train-limit N` keeps the first N normal training images of each class (small sets).
+
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --pretrained runs/pretrained/vit_c10_5to9.pth \\
+        --classes 0 1 2 3 4 --seeds 0 1 --study --out runs/quality-pretrained
+    python benchmarks/quality.py --merge runs/q-a/quality.csv runs/q-b/quality.csv --out runs/quality
+
+Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict),
+study.csv/md, and prints the tables; each class's run folders under <out> keep every stage, so a rerun redoes
+only what changed. Needs the shared data (shared/data/cifar10-jpeg.tar.gz); says so and stops when it is absent.
 """
 
 from __future__ import annotations
@@ -22,8 +28,6 @@ import argparse
 import copy
 import csv
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,39 +35,25 @@ import numpy as np
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from fitm import stages
-from fitm.config import apply_overrides, load_config, section
-from fitm.data import class_names, load_split
-from fitm.detector.backbone import create_backbone
-from fitm.errors import FitmError
-from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_text
-from fitm.runtime import resolve_device, seed_everything, set_quiet
-from fitm.sde.early_stop import choose_auto
-from fitm.sde.train import checkpoint_step, generate_fakes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from fitm import stages  # noqa: E402
+from fitm.config import apply_overrides, load_config, validate_config  # noqa: E402
+from fitm.data import Split, load_split  # noqa: E402
+from fitm.data.cifar import CIFAR10_CLASSES  # noqa: E402
+from fitm.detector.backbone import create_backbone  # noqa: E402
+from fitm.errors import FitmError  # noqa: E402
+from fitm.io import save_csv, save_text  # noqa: E402
+from fitm.run import Run  # noqa: E402
+from fitm.runtime import Runtime  # noqa: E402
+from fitm.sde.train import ema_model, generate_fakes  # noqa: E402
+
 NOISE_STD = 0.1 * 255  # Gaussian-noised normals: clearly noisy, structure intact
 BLUR_SIGMA = 1.5  # blurred normals: shapes intact, detail gone
-VARIANTS = ("fitm", "late_fakes", "noised_normals", "blurred_normals", "untrained_vit_knn", "pixel_knn")
-
-
-def cifar_tree(path: Path) -> Path:
-    """The image-folder tree; a .tar.gz is unpacked once beside the system's temporary files."""
-    if path.is_dir():
-        return path
-    if not path.is_file():
-        sys.exit(f"quality: the CIFAR-10 data is not here: {path} is absent. This benchmark needs the shared "
-                 "CIFAR-10 JPEG copy (shared/data/cifar10-jpeg.tar.gz) or an unpacked train/<class>/ tree; "
-                 "pass --data PATH. Nothing was measured.")
-    root = Path(tempfile.gettempdir()) / "fitm-cifar10-jpeg"
-    if not (root / "train").is_dir():
-        print(f"unpacking {path} to {root} ...", flush=True)
-        with tarfile.open(path) as tar:
-            tar.extractall(root.with_suffix(".partial"), filter="data")
-        inner = next(p.parent for p in root.with_suffix(".partial").rglob("train") if p.is_dir())
-        inner.rename(root)
-    return root
+PROTOCOL_CLASSES = CIFAR10_CLASSES[:5]  # with --pretrained: normal and anomalous classes, never pretrained on
+COLUMNS = ("fitm", "pretrained_knn", "late_fakes", "noised_normals", "blurred_normals", "pixel_knn")
+TRAINED = ("fitm", "late_fakes", "noised_normals", "blurred_normals")
 
 
 def noised(images: np.ndarray, seed: int) -> np.ndarray:
@@ -77,185 +67,174 @@ def blurred(images: np.ndarray) -> np.ndarray:
     return gaussian_blur(batch, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA]).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def trained_auroc(run: stages.Run, name: str, fakes: np.ndarray) -> float:
-    """The same discriminator and kNN scoring, trained against `fakes`, in its own run directory."""
-    variant = stages.Run(dir=run.dir / "variants" / name, config=run.config, split=run.split, device=run.device)
-    save_npy(fakes, variant.dir / "fakes.npy")
-    return stages.evaluate(variant, stages.detect(variant, fakes))["auroc"]
+def restrict(split: Split, groups, train_limit: int) -> Split:
+    """The split with test images of `groups` only (all when None), and the first train_limit normals."""
+    keep = np.isin(split.test_groups, groups) if groups is not None else np.ones(len(split.test_labels), bool)
+    normal = split.normal_train[:train_limit] if train_limit else split.normal_train
+    return Split(normal_train=normal, test_images=split.test_images[keep], test_labels=split.test_labels[keep],
+                 test_groups=split.test_groups[keep], test_paths=None, class_name=split.class_name)
 
 
-def class_row(run: stages.Run) -> dict:
-    timings = {}
+def variant(task: stages.Task, name: str) -> stages.Task:
+    """The same class, config and data in a folder of the run of its own."""
+    return stages.Task(run=Run(task.run.dir / "variants" / name), config=task.config, split=task.split,
+                       runtime=task.runtime)
+
+
+def trained_auroc(task: stages.Task, name: str, fakes: np.ndarray) -> float:
+    """The detector fine-tuned against `fakes`, scored by kNN, in the variant folder `name`."""
+    v = variant(task, name)
+    v.run.open()
+    model, summary = stages.detect(v, fakes)
+    return stages.evaluate(v, model, summary)["auroc"]
+
+
+def snapshot_fakes(task: stages.Task, step: int, count: int) -> np.ndarray:
+    """The fakes of one snapshot, with the config's sampler and seed."""
+    model = ema_model(task.run.sde.load_checkpoint(step), task.config, task.runtime.device)
+    return generate_fakes(model, task.config, count, task.config.seed, task.runtime)
+
+
+def class_row(task: stages.Task, study: bool) -> tuple[dict, list[dict]]:
     clock = time.perf_counter()
-    fakes = stages.generate(run)
-    timings["generate_s"] = time.perf_counter() - clock
-
-    fakes_checkpoint = load_json(run.dir / "fakes.json")["checkpoint"]
-    row = {"class": run.split.class_name, "fakes_step": checkpoint_step(fakes_checkpoint)}
-    clock = time.perf_counter()
-    result = stages.evaluate(run, stages.detect(run, fakes))
-    row["fitm"], row["pixel_knn"] = result["auroc"], result["pixel_knn_auroc"]
-    timings["detect_s"] = time.perf_counter() - clock
-
-    last = sorted(run.dir.glob("sde/ckpt_*.pt"), key=checkpoint_step)[-1]
-    late = generate_fakes(last, run.config, len(fakes), run.config.seed, run.device)
-    row["late_fakes"] = trained_auroc(run, "late_fakes", late)
-    row["noised_normals"] = trained_auroc(run, "noised_normals", noised(run.split.normal_train, run.config.seed))
-    row["blurred_normals"] = trained_auroc(run, "blurred_normals", blurred(run.split.normal_train))
-
-    untrained = stages.Run(dir=run.dir / "variants" / "untrained_vit_knn", config=run.config, split=run.split,
-                           device=run.device)
-    seed_everything(run.config.seed)
-    row["untrained_vit_knn"] = stages.evaluate(untrained, create_backbone(run.config.detector).to(run.device).eval())[
-        "auroc"]
-    row["minutes"] = (time.perf_counter() - clock + timings["generate_s"]) / 60
-    return row
-
-
-def early_stop_study(run: stages.Run) -> list[dict]:
-    """AUROC of the detector trained on each snapshot's fakes, beside the 'auto' signal and choice."""
-    checkpoints = sorted(run.dir.glob("sde/ckpt_*.pt"), key=checkpoint_step)
-    count = run.config.fakes.count or len(run.split.normal_train)
-    _, signal = choose_auto(checkpoints, run.split.normal_train, run.config, run.device)
+    task.run.open()
+    fakes = stages.generate(task)
+    meta = task.run.fakes_meta()
+    model, summary = stages.detect(task, fakes)
+    result = stages.evaluate(task, model, summary)
+    row = {"class": task.split.class_name, "seed": task.config.seed, "fakes_step": meta["step"],
+           "degenerate": meta["degenerate_fraction"], "nearness": meta["nearness"], "fitm": result["auroc"],
+           "pixel_knn": result["pixel_knn_auroc"], "detector_accuracy": summary["final_accuracy"]}
+    steps = task.run.sde.steps()
+    row["late_fakes"] = trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
+    row["noised_normals"] = trained_auroc(task, "noised_normals", noised(task.split.normal_train, task.config.seed))
+    row["blurred_normals"] = trained_auroc(task, "blurred_normals", blurred(task.split.normal_train))
+    knn = variant(task, "pretrained_knn")
+    knn.run.open()
+    task.runtime.seed(task.config.seed)
+    backbone = create_backbone(task.config.detector).to(task.runtime.device).eval()
+    row["pretrained_knn"] = stages.evaluate(knn, backbone, {})["auroc"]
     rows = []
-    for path, sig in zip(checkpoints, signal):
-        fakes = snapshot_fakes(run, path, count)
-        rows.append({"class": run.split.class_name, **sig, "auroc": trained_auroc(run, f"study_{sig['step']}", fakes)})
-        print(f"  study step {sig['step']}: nearness {sig['nearness']:.3f}, AUROC {100 * rows[-1]['auroc']:.2f}",
-              flush=True)
-    return rows
+    if study:
+        chosen = meta["step"]
+        known = {chosen: row["fitm"], max(steps): row["late_fakes"]}
+        for step in steps:
+            auroc = known[step] if step in known else trained_auroc(task, f"study_{step}",
+                                                                    snapshot_fakes(task, step, len(fakes)))
+            rows.append({"class": row["class"], "seed": row["seed"], "step": step, "auroc": auroc,
+                         "chosen": step == chosen})
+    row["minutes"] = (time.perf_counter() - clock) / 60
+    return row, rows
 
 
-def save_study(studies: list[list[dict]], run_dirs: list[Path], out: Path) -> str:
-    rows = [row for study in studies for row in study]
-    save_csv(rows, out / "study.csv")
-    lines = ["| class | checkpoint step | closeness | coverage | nearness | AUROC | auto's choice |",
-             "|---|---:|---:|---:|---:|---:|:---:|"]
-    lines += [f"| {r['class']} | {r['step']} | {r['closeness']:.3f} | {r['coverage']:.3f} | {r['nearness']:.3f} | "
-              f"{100 * r['auroc']:.2f} | {'yes' if r['chosen'] else ''} |" for r in rows]
-    save_text("\n".join(lines) + "\n", out / "study.md")
-    study_picture(studies, run_dirs, out / "study.png")
+# --- tables -----------------------------------------------------------------------------------------------
+
+def spread(values: list[float]) -> str:
+    """mean ± half the range over seeds, in AUROC points."""
+    values = 100 * np.asarray(values, float)
+    return f"{values.mean():.2f} ± {(values.max() - values.min()) / 2:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def summary_table(rows: list[dict]) -> str:
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    seeds = sorted({int(r["seed"]) for r in rows})
+    lines = [f"Mean ± half-range over seeds {', '.join(map(str, seeds))} (AUROC %):", "",
+             "| class | " + " | ".join(COLUMNS) + " | degenerate % | detector accuracy |",
+             "|---|" + "---:|" * (len(COLUMNS) + 2)]
+    means = {c: [] for c in COLUMNS}
+    for name in classes:
+        mine = [r for r in rows if r["class"] == name]
+        cells = [spread([r[c] for r in mine]) for c in COLUMNS]
+        for c in COLUMNS:
+            means[c].append(np.mean([r[c] for r in mine]))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean([r['degenerate'] for r in mine]):.1f}"
+                     f" | {np.mean([r['detector_accuracy'] for r in mine]):.3f} |")
+    lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | |")
+    return "\n".join(lines) + "\n\n" + verdict(means, classes)
+
+
+def verdict(means: dict, classes: list[str]) -> str:
+    """The issue's bar in words, from the per-class means over seeds."""
+    ours = np.asarray(means["fitm"])
+    knn = np.asarray(means["pretrained_knn"])
+    wins = int((ours > knn).sum())
+    lines = [f"fitm's mean AUROC {100 * ours.mean():.2f} vs the backbone's kNN {100 * knn.mean():.2f}: "
+             f"{100 * (ours.mean() - knn.mean()):+.2f} points; fitm wins on {wins} of {len(classes)} classes."]
+    for c in ("late_fakes", "noised_normals", "blurred_normals", "pixel_knn"):
+        other = np.mean(means[c])
+        lines.append(f"fitm {'beats' if ours.mean() > other else 'does NOT beat'} {c} on the mean "
+                     f"({100 * ours.mean():.2f} vs {100 * other:.2f}).")
     return "\n".join(lines)
 
 
-def snapshot_fakes(run: stages.Run, checkpoint: Path, count: int) -> np.ndarray:
-    """The study's fakes of one snapshot, sampled once and kept beside its detector for reruns."""
-    cache = run.dir / "variants" / f"study_{checkpoint_step(checkpoint)}" / "fakes.npy"
-    config = run.config
-    inputs = fingerprint(section(config, "seed", "sde", "model", "training", "sampling"), run.data_key, count)
-    if cache.exists() and load_json(cache.with_suffix(".json")).get("inputs") == inputs:
-        return np.load(cache)
-    fakes = generate_fakes(checkpoint, config, count, config.seed, run.device)
-    save_npy(fakes, cache)
-    save_json({"inputs": inputs}, cache.with_suffix(".json"))
-    return fakes
-
-
-def study_picture(studies: list[list[dict]], run_dirs: list[Path], path: Path) -> None:
-    """Each studied class's snapshot sample grids side by side, titled with the signal and the AUROC."""
-    import matplotlib.pyplot as plt
-
-    from fitm.report import _save_figure
-
-    columns = max(len(study) for study in studies)
-    fig, axes = plt.subplots(len(studies), columns, figsize=(3.2 * columns, 3.6 * len(studies)), squeeze=False)
-    for ax_row, study, run_dir in zip(axes, studies, run_dirs):
-        for ax in ax_row:
-            ax.axis("off")
-        for ax, r in zip(ax_row, study):
-            ax.imshow(plt.imread(run_dir / "sde" / f"samples_{r['step']}.png"))
-            ax.set_title(f"{r['class']}, step {r['step']}\nnearness {r['nearness']:.2f}, AUROC {100 * r['auroc']:.1f}"
-                         + ("\n(auto)" if r["chosen"] else ""), fontsize=9)
-    _save_figure(fig, path)
-
-
-def markdown(rows: list[dict]) -> str:
-    head = ["class", "fakes' step", *VARIANTS, "minutes"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [str(r["class"]), str(r.get("fakes_step", ""))] + [f"{100 * r[v]:.2f}" for v in VARIANTS]
-        cells.append(f"{r['minutes']:.1f}" if r["minutes"] == r["minutes"] else "")
-        lines.append("| " + " | ".join(cells) + " |")
+def study_table(rows: list[dict]) -> str:
+    lines = ["| class | seed | snapshot step | AUROC | 'auto' chose |", "|---|---:|---:|---:|:---:|"]
+    lines += [f"| {r['class']} | {r['seed']} | {r['step']} | {100 * float(r['auroc']):.2f} | "
+              f"{'yes' if str(r['chosen']) in ('True', 'true') else ''} |" for r in rows]
     return "\n".join(lines)
 
 
-def save_table(rows: list[dict], out: Path) -> str:
-    rows = [r for r in rows if r["class"] != "mean"]
-    mean = {"class": "mean", **{v: float(np.mean([float(r[v]) for r in rows])) for v in VARIANTS},
-            "minutes": float("nan")}
-    table = markdown(rows + [mean]) + "\n\n" + verdict(mean, len(rows))
-    save_csv(rows + [mean], out / "quality.csv")
-    save_text(table + "\n", out / "quality.md")
-    return table
-
-
-def verdict(mean: dict, n_classes: int) -> str:
-    """The issue's bar in words: does fitm's mean beat each baseline's?"""
-    ours = mean["fitm"]
-    said = [f"{'beats' if ours > mean[v] else 'does NOT beat'} {v} ({100 * mean[v]:.2f})" for v in VARIANTS[1:]]
-    return f"Over {n_classes} classes fitm's mean AUROC ({100 * ours:.2f}) " + "; ".join(said) + "."
-
-
-def read_results(path: Path) -> list[dict]:
-    """Rows from a quality.csv, or from the finished class directories of an --out that was stopped before
-    writing one (their minutes are not recorded)."""
-    if path.is_file():
-        with open(path, newline="") as f:
-            return [{k: v if k in ("class", "fakes_step") else float(v) for k, v in row.items()}
-                    for row in csv.DictReader(f)]
-    finished = sorted(p.parents[2] for p in path.glob("*/*/variants/untrained_vit_knn/metrics.json"))
-    if not finished:
-        raise FitmError(f"--merge {path}: expected a quality.csv or an --out directory with finished classes")
-    return [class_row_from_dir(d) for d in finished]
-
-
-def class_row_from_dir(class_dir: Path) -> dict:
-    main_metrics = load_json(class_dir / "metrics.json")
-    variant = lambda name: load_json(class_dir / "variants" / name / "metrics.json")["auroc"]
-    fakes_step = checkpoint_step(load_json(class_dir / "fakes.json")["checkpoint"])
-    return {"class": main_metrics["class"], "fakes_step": fakes_step, "fitm": main_metrics["auroc"],
-            "pixel_knn": main_metrics["pixel_knn_auroc"],
-            **{name: variant(name) for name in VARIANTS[1:5]}, "minutes": float("nan")}
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (v if k == "class" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="cifar10-jpeg.tar.gz or its unpacked tree")
     parser.add_argument("--config", default=str(REPO / "configs" / "cifar10_cpu.py"))
-    parser.add_argument("--classes", nargs="+", default=["0", "1", "2"], help="indices or names; 'all'")
+    parser.add_argument("--pretrained", default=None, help="weights for the backbone: the pretrained protocol")
+    parser.add_argument("--classes", nargs="+", default=None, help="indices or names (default: 0-4 with "
+                                                                   "--pretrained, else all ten)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--train-limit", type=int, default=0, help="keep the first N normal training images")
+    parser.add_argument("--study", action="store_true", help="the early-stop study on every class and seed")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--study", action="store_true", help="the early-stop study on every class")
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV",
-                        help="only join earlier runs' quality.csv files (or --out directories) into one table in --out")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    set_quiet(args.quiet)
     if args.merge:
-        return print(save_table([row for path in args.merge for row in read_results(path)], args.out))
+        rows = [row for path in args.merge for row in read_rows(path)]
+        save_csv(rows, args.out / "quality.csv")
+        table = summary_table(rows)
+        save_text(table + "\n", args.out / "quality.md")
+        return print(table)
 
     base = apply_overrides(load_config(path=args.config), args.overrides)
-    if base.data.name == "cifar10":
-        base.data.root = str(cifar_tree(args.data))
-    rows, studies, run_dirs = [], [], []
-    for name in args.classes if args.classes != ["all"] else class_names(base.data):
-        config = copy.deepcopy(base)
-        config.data.normal_class = name
-        split = load_split(config.data)
-        run = stages.Run(dir=stages.run_dir(args.out, config), config=config, split=split,
-                         device=resolve_device(config.device))
-        stages.save_run_config(run)
-        print(f"class {split.class_name}: {len(split.normal_train)} normal training images", flush=True)
-        rows.append(class_row(run))
-        print("  " + ", ".join(f"{k} {100 * v:.2f}" if k in VARIANTS else f"{k} {v}" for k, v in rows[-1].items()),
-              flush=True)
-        if args.study:
-            studies.append(early_stop_study(run))
-            run_dirs.append(run.dir)
-        # Tables are rewritten after every class, so a long run that is stopped keeps what it measured.
-        study = save_study(studies, run_dirs, args.out) if studies else ""
-        table = save_table(rows, args.out)
-    print(study, table, sep="\n")
+    base.data.root = str(cifar_tree(args.data))
+    if args.pretrained:
+        base.detector.pretrained = args.pretrained
+    validate_config(base, args.config)
+    runtime = Runtime.local(base.device, quiet=args.quiet)
+    groups = list(PROTOCOL_CLASSES) if args.pretrained else None
+    classes = args.classes or ([str(k) for k in range(5)] if args.pretrained else [str(k) for k in range(10)])
+    rows, studies = [], []
+    for name in classes:
+        for seed in args.seeds:
+            config = copy.deepcopy(base)
+            config.data.normal_class, config.seed = name, seed
+            split = restrict(load_split(config.data), groups, args.train_limit)
+            if args.pretrained and split.class_name not in PROTOCOL_CLASSES:
+                raise FitmError(f"--classes {name}: with --pretrained the normal classes are 0-4")
+            task = stages.Task(run=Run.of(args.out / f"seed{seed}", config), config=config, split=split,
+                               runtime=runtime)
+            print(f"class {split.class_name}, seed {seed}: {len(split.normal_train)} normal training images, "
+                  f"{len(split.test_labels)} test images", flush=True)
+            row, study = class_row(task, args.study)
+            rows.append(row)
+            studies += study
+            print("  " + ", ".join(f"{k} {100 * v:.2f}" if k in COLUMNS else f"{k} {v}" for k, v in row.items()),
+                  flush=True)
+            # Tables are rewritten after every class and seed, so a long run that is stopped keeps what it measured.
+            save_csv(rows, args.out / "quality.csv")
+            save_text(summary_table(rows) + "\n", args.out / "quality.md")
+            if studies:
+                save_csv(studies, args.out / "study.csv")
+                save_text(study_table(studies) + "\n", args.out / "study.md")
+    print(summary_table(rows))
+    if studies:
+        print(study_table(studies))
 
 
 if __name__ == "__main__":

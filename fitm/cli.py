@@ -8,7 +8,10 @@ ranks, and otherwise (or with one class) all ranks work together on each class.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -169,6 +172,7 @@ def main(argv=None) -> None:
     """Entry point: click's usage errors and fitm's own errors both end as one line on stderr, exit 2; under
     torchrun, a rank whose peer stopped says so in one line and stops too (exit 2), instead of waiting."""
     code = 0
+    console = _console_warnings()
     try:
         code = cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
@@ -183,10 +187,13 @@ def main(argv=None) -> None:
     except Exception as e:
         if not _peer_failure(e):
             raise
-        click.echo(f"Error: rank {_rank()}: another process of this torchrun job stopped; stopping too "
-                   f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})", err=True)
+        click.echo(f"Error: rank {_rank()}: another process of this torchrun job stopped (its own error says why); "
+                   f"stopping too ({type(e).__name__})", err=True)
         code = 2
     finally:
+        if console is not None:
+            console.close()
+            logging.getLogger("fitm").removeHandler(console)
         if "torch.distributed" in sys.modules:
             from fitm.runtime import shutdown
 
@@ -194,14 +201,29 @@ def main(argv=None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _console_warnings() -> logging.Handler | None:
+    """fitm's warnings on stderr while the command runs (the main rank's only); fitm.log gets them too."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("fitm").addHandler(handler)
+    return handler
+
+
 def _peer_failure(e: Exception) -> bool:
-    """Whether `e` is a collective that failed because another rank went away."""
+    """Whether `e` is a collective that failed because another rank went away: a DistError, or a RuntimeError
+    raised inside torch.distributed (gloo reports a closed connection so)."""
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized() and isinstance(e, (dist.DistError, RuntimeError))
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(e, dist.DistError):
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    return isinstance(e, RuntimeError) and bool(frames) and "torch/distributed" in frames[-1].filename.replace("\\", "/")
 
 
 def _rank() -> str:
-    import os
-
     return os.environ.get("RANK", "0")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
 
 from fitm import report
 from fitm.data import list_images, load_split, read_images
+from fitm.data.images import read_image
 from fitm.detector.backbone import create_architecture
 from fitm.knn import knn_scores
 from fitm.run import Run
@@ -32,21 +31,13 @@ def _image_paths(paths: list[Path]) -> list[Path]:
 
 
 def _read_exact(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
-    """Images as they are; refuse any whose size or channel count differs from the run's."""
+    """Images at their own size, converted to 8-bit RGB; refuse any whose size differs from the run's."""
     images = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.load()
-                array = np.asarray(im.convert("RGB") if im.mode in ("RGB", "RGBA", "P") else im)
-        except (UnidentifiedImageError, OSError) as e:
-            raise FitmError(f"{p}: not a readable image ({e.__class__.__name__})") from None
-        got = array.shape if array.ndim == 3 else (*array.shape, 1)
-        if tuple(got) != tuple(shape):
-            raise FitmError(
-                f"{p}: {got[0]}x{got[1]} with {got[2]} channel(s), but this run's images are {shape[0]}x{shape[1]} "
-                f"with {shape[2]} channels (pass --resize to resize and convert)"
-            )
+        array = read_image(p)
+        if array.shape[:2] != tuple(shape[:2]):
+            raise FitmError(f"{p}: {array.shape[0]}x{array.shape[1]}, but this run's images are {shape[0]}x{shape[1]} "
+                            "(pass --resize to resize them)")
         images.append(array)
     return np.stack(images)
 
@@ -54,6 +45,8 @@ def _read_exact(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
 def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: bool, csv_path: Path,
             quiet: bool = False):
     """One row per image: path, score, verdict (anomalous when score > threshold)."""
+    if csv_path.is_dir():
+        raise FitmError(f"--csv {csv_path}: is a folder (expected the path of the CSV file to write)")
     run = Run(run_dir)
     config = run.load_config()
     saved = run.load_detector()
@@ -82,7 +75,10 @@ def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: b
         {"path": str(p), "score": float(s), "verdict": "anomalous" if s > used else "normal"}
         for p, s in zip(files, scores)
     ]
-    save_csv(rows, csv_path)
+    try:
+        save_csv(rows, csv_path)
+    except OSError as e:
+        raise FitmError(f"--csv {csv_path}: cannot be written ({e.strerror or e})") from None
     log.info("predict: %d images scored, written to %s", len(rows), csv_path)
     return rows, used
 

@@ -121,10 +121,15 @@ class ScoreModelFiles:
             return None
 
     def prepare(self, key: str) -> None:
-        """Keep the checkpoints if they were made from `key`, else remove them: they belong to another model."""
+        """Keep the checkpoints if they were made from `key`, else remove them: they belong to another model.
+        Without a readable record (inputs.json), the newest readable checkpoint's own key decides: hours of
+        training are not thrown away for a damaged small file."""
         marker = self.dir / "inputs.json"
-        recorded = _read_json(marker, "score model")
-        if self.steps() and (recorded or {}).get("inputs") != key:
+        recorded = (_read_json(marker, "score model") or {}).get("inputs")
+        if recorded is None:
+            readable = (self.load_checkpoint(step) for step in reversed(self.steps()))
+            recorded = next((ckpt.get("fingerprint") for ckpt in readable if ckpt is not None), None)
+        if self.steps() and recorded != key:
             log.info("generate: discarding score-model checkpoints made from other inputs in %s", self.dir)
             if self.writer:
                 for step in self.steps():

@@ -42,14 +42,24 @@ def load_fakes(path: str | os.PathLike, class_index: int | None = None, num_clas
     class_index the whole file is one class's fakes. `what` names the file in errors (default: --fakes PATH)."""
     what = what or f"--fakes {path}"
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: a class slice reads only its part
+        with open(path, "rb") as f:
+            magic = f.read(6)
     except FileNotFoundError:
         raise FitmError(f"{what}: no such file (expected a .npy of uint8 NHWC images)") from None
+    except IsADirectoryError:
+        raise FitmError(f"{what}: is a folder (expected a .npy of uint8 NHWC images)") from None
     except (OSError, ValueError) as e:
-        raise FitmError(f"{what}: not a readable .npy file ({e})") from e
-    if isinstance(array, np.lib.npyio.NpzFile):
-        array.close()
-        raise FitmError(f"{what}: is an .npz archive (expected a .npy of uint8 NHWC images)")
+        raise FitmError(f"{what}: not a readable .npy file ({e})") from None
+    if magic != b"\x93NUMPY":
+        kind = "is an .npz archive" if magic[:4] == b"PK\x03\x04" else "is not a .npy file"
+        raise FitmError(f"{what}: {kind} (expected a .npy of uint8 NHWC images, as np.save writes)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: a class slice reads only its part
+    except (OSError, ValueError, EOFError) as e:
+        if "Python objects" in str(e) or "pickled" in str(e):
+            raise FitmError(f"{what}: holds Python objects, which fitm never loads (expected a .npy of uint8 NHWC "
+                            "images)") from None
+        raise FitmError(f"{what}: not a readable .npy file ({str(e).splitlines()[0]})") from None
     array = validate_images(array, what)
     if class_index is not None and num_classes is not None and num_classes > 1:
         array = slice_class(array, class_index, num_classes, what)

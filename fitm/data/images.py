@@ -63,14 +63,39 @@ def _read_one(path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
-            if img.mode not in ("RGB", "L"):
-                img = img.convert("RGB")
+            img = to_8bit(img)
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             pixels = np.asarray(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise FitmError(f"{path}: not a readable image ({e})") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FitmError(f"{path}: not a readable image ({e})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels  # grayscale broadcasts to 3 channels
+
+
+def read_image(path) -> np.ndarray:
+    """One image file at its own size, as uint8 HxWx3 (any mode PIL reads; see to_8bit)."""
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(to_8bit(img))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FitmError(f"{path}: not a readable image ({e})") from None
+    return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """An 'L' or 'RGB' image with 8 bits per channel, whatever PIL read: 16-bit and 32-bit grey are scaled
+    (not clipped) to 0-255, alpha is dropped, palette, CMYK, YCbCr and bilevel images are converted."""
+    if img.mode in ("RGB", "L"):
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if img.mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("LA", "La", "1"):
+        return img.convert("L")
+    return img.convert("RGB")
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:

@@ -38,8 +38,10 @@ def create_backbone(det_cfg) -> nn.Module:
     if pretrained == "" and det_cfg.needs_pretrained:
         raise FitmError(f"detector.pretrained is not set: {HOW_TO}")
     if pretrained in ("", "none"):
-        log.warning("detector.pretrained=%r: the %s starts from random weights; expect poor results", pretrained,
-                    det_cfg.backbone)
+        # 'none' is a deliberate choice (the CPU configs); an unset path on a config that allows it is worth a word.
+        (log.info if pretrained == "none" else log.warning)(
+            "detector.pretrained=%r: the %s starts from random weights; expect poor results", pretrained,
+            det_cfg.backbone)
         model = _create(det_cfg.backbone, False, kwargs)
     elif _is_path(pretrained):
         path = Path(pretrained).expanduser()
@@ -146,7 +148,10 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FitmError(f"detector.pretrained: {path} could not be read as a state dict ({e})") from e
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text and len(text) > 8 else type(e).__name__
+        raise FitmError(f"detector.pretrained: {path} is not a readable weights file ({reason}); expected a state "
+                        "dict saved by torch.save (.pth/.pt) or safetensors") from None
     if isinstance(state, dict) and not all(torch.is_tensor(v) for v in state.values()):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):

@@ -116,12 +116,18 @@ def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
 
 def test_predict_refuses_other_sizes_unless_resized(digits_run, capsys, tmp_path, write_image):
     write_image(tmp_path / "big.png", np.zeros((12, 12, 3), np.uint8))
-    write_image(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
-    for name, what in (("big.png", "12x12"), ("gray.png", "1 channel")):
-        code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / name))
-        assert code == 2 and name in err and what in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "big.png"))
+    assert code == 2 and "big.png" in err and "12x12" in err and err.count("\n") == 1
     code, _, _ = run_cli(capsys, "predict", "--run", str(digits_run), "--resize", str(tmp_path / "big.png"))
     assert code == 0
+    # a grey image of the run's size is converted (repeated to 3 channels), as the datasets' readers do
+    write_image(tmp_path / "gray.png", np.full((8, 8), 90, np.uint8))
+    write_image(tmp_path / "rgb.png", np.full((8, 8, 3), 90, np.uint8))
+    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "gray.png"),
+                           str(tmp_path / "rgb.png"), "--csv", str(tmp_path / "p.csv"))
+    with open(tmp_path / "p.csv") as f:
+        scores = [float(r["score"]) for r in csv.DictReader(f)]
+    assert code == 0 and scores[0] == scores[1]
 
 
 def test_predict_on_corrupt_image_and_untrained_run(digits_run, capsys, tmp_path):

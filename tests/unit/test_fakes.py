@@ -77,15 +77,23 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(FitmError, match=f"--fakes {tmp_path / 'none.npy'}: no such file"):
         load_fakes(tmp_path / "none.npy")
     (tmp_path / "junk.npy").write_bytes(b"junk")
-    with pytest.raises(FitmError, match="junk.npy: not a readable .npy file"):
+    with pytest.raises(FitmError, match="junk.npy: is not a .npy file"):
         load_fakes(tmp_path / "junk.npy")
+    (tmp_path / "text.npy").write_text("1 2 3\n4 5 6\n")  # a text file is named as such, not as pickled data
+    with pytest.raises(FitmError, match=r"text.npy: is not a .npy file \(expected a .npy of uint8 NHWC"):
+        load_fakes(tmp_path / "text.npy")
     with open(tmp_path / "obj.npy", "wb") as f:  # an object array needs pickle, which stays off
         np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(FitmError, match="obj.npy: not a readable .npy file"):
+    with pytest.raises(FitmError, match="obj.npy: holds Python objects, which fitm never loads"):
         load_fakes(tmp_path / "obj.npy")
+    truncated = tmp_path / "cut.npy"
+    np.save(truncated, authors_layout())
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(FitmError, match="cut.npy: not a readable .npy file"):
+        load_fakes(truncated)
     np.savez(tmp_path / "z.npz", fakes=authors_layout())
     with pytest.raises(FitmError, match="z.npz: is an .npz archive"):
         load_fakes(tmp_path / "z.npz")
     (tmp_path / "p.npy").write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(FitmError, match="p.npy: not a readable .npy file"):
+    with pytest.raises(FitmError, match="p.npy: is not a .npy file"):
         load_fakes(tmp_path / "p.npy")
