@@ -95,7 +95,7 @@ def snapshot_fakes(task: stages.Task, step: int, count: int) -> np.ndarray:
     return generate_fakes(model, task.config, count, task.config.seed, task.runtime)
 
 
-def class_row(task: stages.Task, study: bool) -> tuple[dict, list[dict]]:
+def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tuple[dict, list[dict]]:
     clock = time.perf_counter()
     task.run.open()
     fakes = stages.generate(task)
@@ -106,9 +106,13 @@ def class_row(task: stages.Task, study: bool) -> tuple[dict, list[dict]]:
            "degenerate": meta["degenerate_fraction"], "nearness": meta["nearness"], "fitm": result["auroc"],
            "pixel_knn": result["pixel_knn_auroc"], "detector_accuracy": summary["final_accuracy"]}
     steps = task.run.sde.steps()
-    row["late_fakes"] = trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
-    row["noised_normals"] = trained_auroc(task, "noised_normals", noised(task.split.normal_train, task.config.seed))
-    row["blurred_normals"] = trained_auroc(task, "blurred_normals", blurred(task.split.normal_train))
+    nan = float("nan")
+    row["late_fakes"] = (trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
+                         if "late_fakes" in variants else nan)
+    row["noised_normals"] = (trained_auroc(task, "noised_normals", noised(task.split.normal_train, task.config.seed))
+                             if "noised_normals" in variants else nan)
+    row["blurred_normals"] = (trained_auroc(task, "blurred_normals", blurred(task.split.normal_train))
+                              if "blurred_normals" in variants else nan)
     knn = variant(task, "pretrained_knn")
     knn.run.open()
     task.runtime.seed(task.config.seed)
@@ -117,7 +121,8 @@ def class_row(task: stages.Task, study: bool) -> tuple[dict, list[dict]]:
     rows = []
     if study:
         chosen = meta["step"]
-        known = {chosen: row["fitm"], max(steps): row["late_fakes"]}
+        known = {step: value for step, value in ((max(steps), row["late_fakes"]), (chosen, row["fitm"]))
+                 if value == value}  # NaN: a variant not run
         for step in steps:
             auroc = known[step] if step in known else trained_auroc(task, f"study_{step}",
                                                                     snapshot_fakes(task, step, len(fakes)))
@@ -189,6 +194,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--train-limit", type=int, default=0, help="keep the first N normal training images")
     parser.add_argument("--study", action="store_true", help="the early-stop study on every class and seed")
+    parser.add_argument("--variants", nargs="+", default=list(TRAINED[1:]), choices=list(TRAINED[1:]),
+                        help="which other kinds of fakes to train on (default: all)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")
@@ -221,7 +228,7 @@ def main() -> None:
                                runtime=runtime)
             print(f"class {split.class_name}, seed {seed}: {len(split.normal_train)} normal training images, "
                   f"{len(split.test_labels)} test images", flush=True)
-            row, study = class_row(task, args.study)
+            row, study = class_row(task, args.study, tuple(args.variants))
             rows.append(row)
             studies += study
             print("  " + ", ".join(f"{k} {100 * v:.2f}" if k in COLUMNS else f"{k} {v}" for k, v in row.items()),

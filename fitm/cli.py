@@ -159,6 +159,19 @@ def predict(run_path, paths, threshold, resize, csv_path, quiet):
     click.echo(f"threshold {used:.4g}; {sum(r['verdict'] == 'anomalous' for r in rows)} of {len(rows)} anomalous")
 
 
+@cli.command("export")
+@click.option("--run", "run_path", required=True, type=click.Path(), help="A run directory with a trained detector.")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", "out_path", type=click.Path(), default=None, help="Default: <run>/detector.onnx.")
+def export(run_path, fmt, out_path):
+    """One self-contained file (preprocessing, backbone, kNN bank, threshold): uint8 NHWC images in, scores out."""
+    from fitm.api import Detector
+    from fitm.export import export_onnx
+
+    path = export_onnx(Detector.load(run_path, quiet=True), out_path or Path(run_path) / "detector.onnx")
+    click.echo(f"exported to {path} (input 'images': uint8 N x H x W x 3; outputs 'scores', 'anomalous')")
+
+
 @cli.command("report")
 @click.argument("run_path", type=click.Path())
 def report_command(run_path):

@@ -135,25 +135,22 @@ class Runtime:
                             f"of {self.world_size}, so that the global batch stays the config's)")
         return total // self.world_size
 
-    def share(self, n: int) -> slice:
-        """This rank's contiguous share of n items (shares differ by at most one)."""
+    def share(self, n: int, rank: int | None = None) -> slice:
+        """This rank's (or `rank`'s) contiguous share of n items; shares differ by at most one."""
+        rank = self.rank if rank is None else rank
         bounds = np.linspace(0, n, self.world_size + 1).round().astype(int)
-        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+        return slice(int(bounds[rank]), int(bounds[rank + 1]))
 
     def gather_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
         """Every rank's `share(n)` rows, concatenated in rank order, on every rank."""
         if not self.distributed:
             return rows
-        sizes = [self._share_size(r, n) for r in range(self.world_size)]
+        sizes = [len(range(n)[self.share(n, r)]) for r in range(self.world_size)]
         padded = rows.new_zeros((max(sizes), *rows.shape[1:]), device=self._collective_device())
         padded[: len(rows)] = rows
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(rows.device)
-
-    def _share_size(self, rank: int, n: int) -> int:
-        bounds = np.linspace(0, n, self.world_size + 1).round().astype(int)
-        return int(bounds[rank + 1] - bounds[rank])
 
     def gather_objects(self, obj) -> list:
         """Every rank's `obj`, in rank order, on every rank."""

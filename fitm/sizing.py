@@ -3,8 +3,8 @@ started on a CPU by accident (`device=auto` without a GPU); `--set device=cpu` r
 
 from __future__ import annotations
 
+import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,10 +14,9 @@ from fitm.errors import FitmError
 
 REFUSE_HOURS = 6.0  # beyond this on a CPU, a config is taken to be meant for a GPU
 _ASSUMED_NORMALS = 5000  # the images per class the estimate assumes (a CIFAR-10 class) before data is read
-_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def _seconds_per_call(fn, repeats: int = 2) -> float:
+def _seconds_per_call(fn, repeats: int = 1) -> float:
     fn()  # the first call pays for allocation
     start = time.perf_counter()
     for _ in range(repeats):
@@ -56,7 +55,7 @@ def refuse_gpu_sized_on_cpu(config: ConfigDict, device: torch.device, generate: 
     if total <= REFUSE_HOURS:
         return
     name = config.data.name
-    instead = (f"--config configs/{name}_cpu.py" if (_CONFIGS / f"{name}_cpu.py").is_file()
+    instead = (f"--config configs/{name}_cpu.py" if importlib.util.find_spec(f"fitm.configs.{name}_cpu")
                else f"--config configs/small_cpu.py --set data.name={name}")
     parts = ", ".join(f"{part} about {value:,.0f} h" for part, value in hours.items())
     raise FitmError(f"no GPU here, and this {name} config is sized for one: on this CPU {parts} (estimated "

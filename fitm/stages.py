@@ -166,25 +166,38 @@ def holdout(normal: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray,
 
 # --- evaluate ---------------------------------------------------------------------------------------------
 
-def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
-    """kNN scores of the test set against the normal training features; metrics, scores.csv, pictures."""
+def fit_bank(task: Task, model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
+    """The kNN bank (features of every normal training image, or of those not held out) and the predict
+    threshold, saved in detector/bank.pt; returns the bank and how the threshold was set."""
     run, config, split, runtime, det = task.run, task.config, task.split, task.runtime, task.config.detector
     bank_images, held_images = holdout(split.normal_train, det.holdout_fraction, config.seed)
     bank = _finite(extract_features(model, bank_images, det, runtime), det)
+    if len(held_images):
+        held = _finite(extract_features(model, held_images, det, runtime), det)
+        reference = knn_scores(held, bank, det.k).cpu().numpy()
+    else:
+        reference = leave_one_out_scores(bank, det.k).cpu().numpy()
+    threshold = {"threshold": float(np.quantile(reference, det.threshold_quantile)),
+                 "threshold_quantile": det.threshold_quantile,
+                 "threshold_from": "held-out normals" if len(held_images) else "leave-one-out scores of the bank"}
+    run.save_bank(bank, threshold["threshold"], tuple(split.normal_train.shape[1:]))
+    return bank, threshold
+
+
+def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
+    """kNN scores of the test set against the normal training features; metrics, scores.csv, pictures."""
+    run, split, runtime, det = task.run, task.split, task.runtime, task.config.detector
+    bank, threshold = fit_bank(task, model)
     score = lambda images: knn_scores(_finite(extract_features(model, images, det, runtime), det), bank,
                                       det.k).cpu().numpy()
 
     test_scores = score(split.test_images)
     result = {"class": split.class_name, **compute_metrics(test_scores, split.test_labels)}
-    result["n_train"], result["n_test"] = len(bank_images), len(test_scores)
+    result["n_train"], result["n_test"] = len(bank), len(test_scores)
     result["pixel_knn_auroc"] = compute_metrics(pixel_knn_scores(split, det.k, runtime.device),
                                                 split.test_labels)["auroc"]
     result["detector"] = summary
-
-    reference_scores = score(held_images) if len(held_images) else leave_one_out_scores(bank, det.k).cpu().numpy()
-    result["threshold"] = float(np.quantile(reference_scores, det.threshold_quantile))
-    result["threshold_quantile"] = det.threshold_quantile
-    result["threshold_from"] = "held-out normals" if len(held_images) else "leave-one-out scores of the bank"
+    result.update(threshold)
 
     normal_scores = test_scores[split.test_labels == 0]
     if nnd:
@@ -202,7 +215,6 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
         }
         for i in range(len(test_scores))
     ]
-    run.save_bank(bank, result["threshold"], tuple(split.normal_train.shape[1:]))
     run.save_results(result, rows)
     if run.writer:
         report.draw(run, test_images=split.test_images)

@@ -23,5 +23,6 @@ def get_config():
     c.detector.img_size = 8
     c.detector.resize = 8
     c.detector.epochs = 2
+    c.detector.min_steps = 0
     c.detector.feature_batch_size = 128
     return c

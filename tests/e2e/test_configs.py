@@ -42,7 +42,7 @@ def test_shipped_config_runs_at_its_real_size(path, vit_b16_npz):
     config.training.batch_size = 2
     config.sampling.update(batch_size=1, steps=2)
     det = config.detector
-    det.update(batch_size=4, epochs=1, feature_batch_size=4)
+    det.update(batch_size=4, epochs=1, min_steps=0, feature_batch_size=4)
     if det.needs_pretrained:
         det.pretrained = str(vit_b16_npz)
     size = config.data.image_size

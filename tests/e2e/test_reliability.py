@@ -246,3 +246,18 @@ def test_every_image_mode_is_read_as_8bit_rgb_by_scaling(tmp_path, mode):
         assert pixels.shape == (16, 16, 3) and pixels.dtype == np.uint8
         tolerance = 12 if mode in ("P", "CMYK") else 0  # palette and JPEG round a little
         assert np.abs(pixels.astype(int) - ramp[..., None]).max() <= tolerance, mode
+
+
+@pytest.mark.parametrize("setting", ["detector.k=3", "detector.threshold_quantile=0.9",
+                                     "detector.feature_batch_size=7", "training.log_every=10"])
+def test_a_key_that_only_changes_scoring_does_not_retrain(finished, copy_of, capsys, setting):
+    out, run = copy_of
+    before = snapshot(run)
+    code, _, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet",
+                           "--set", setting)
+    assert code == 0, err
+    after = snapshot(run)
+    for name in ("fakes.npy", "detector/model.pt", "sde/ckpt_20.pt"):
+        assert after[name] == before[name], name
+    log = (run / "fitm.log").read_text()
+    assert "fakes.npy is up to date, skipped" in log and "model.pt is up to date, skipped" in log

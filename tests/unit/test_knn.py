@@ -47,3 +47,14 @@ def test_leave_one_out_scores_each_bank_feature_against_the_rest():
     torch.testing.assert_close(loo.double(), torch.cat(rest), rtol=1e-4, atol=1e-3)
     with pytest.raises(FitmError, match=r"detector\.k=30"):
         leave_one_out_scores(bank, k=30)
+
+
+@pytest.mark.parametrize("world, n", [(1, 7), (2, 7), (3, 10), (4, 2)])
+def test_shares_of_ranks_cover_every_item_once_in_order(world, n):
+    from fitm.runtime import Runtime
+
+    shares = [Runtime(device=torch.device("cpu"), rank=r, world_size=world).share(n) for r in range(world)]
+    items = [i for s in shares for i in range(n)[s]]
+    assert items == list(range(n))
+    sizes = [len(range(n)[s]) for s in shares]
+    assert max(sizes) - min(sizes) <= 1
