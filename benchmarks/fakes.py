@@ -68,7 +68,7 @@ def class_study(config, out: Path, samplers: list[str], clips: list[bool], count
                 runtime: Runtime) -> list[dict]:
     split = load_split(config.data)
     run = Run.of(out, config)
-    run.open()
+    run.dir.mkdir(parents=True, exist_ok=True)  # (no Run.open: the folder may be a quality run's, in use)
     run.sde.prepare(score_model_key(config, split.normal_train))
     clock = time.perf_counter()
     steps = train_score_model(split.normal_train, config, run.sde, runtime)

@@ -9,6 +9,7 @@ from-scratch recipe of configs/small_cpu.py (lr 1e-2, momentum 0.9, batch 64, no
 """
 
 from fitm.configs.small_cpu import get_config as small_cpu_config
+from fitm.configs.small_cpu import paper_fine_tuning
 
 
 def get_config():
@@ -23,12 +24,6 @@ def get_config():
     # AUROC than the last snapshot's and than noised or blurred normals (BENCHMARKS.md, quality table).
     c.fakes.checkpoint = "auto"
     c.fakes.count = 2500  # half the normal count: sampling is the generate stage's cost on a CPU
-    c.detector.frozen_blocks = 2
-    c.detector.lr = 4e-4
-    c.detector.momentum = 0.0
-    c.detector.batch_size = 16
-    c.detector.epochs = 8
-    # Small sets: at batch 16, 50 normal images and 50 fakes make 7 steps an epoch; at least 1,000 steps whatever the
-    # set's size (a 5,000-image class takes 3,750 in its 8 epochs).
-    c.detector.min_steps = 1000
-    return c
+    # Small sets: at batch 16, 50 normal images and 50 fakes make 7 steps an epoch; the recipe's at least 1,000
+    # steps hold whatever the set's size (a 5,000-image class takes 3,750 in its 8 epochs).
+    return paper_fine_tuning(c)

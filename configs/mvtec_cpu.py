@@ -7,6 +7,7 @@ for at least 1,000 steps, as an MVTec category has only 60-400 normal images. Pa
 this ViT (benchmarks/pretrain.py shows how to make some): from random weights it learns little."""
 
 from fitm.configs.small_cpu import get_config as small_cpu_config
+from fitm.configs.small_cpu import paper_fine_tuning
 
 
 def get_config():
@@ -22,10 +23,4 @@ def get_config():
     c.fakes.checkpoint = "last"
     c.detector.img_size = 32
     c.detector.resize = 36
-    c.detector.frozen_blocks = 2
-    c.detector.lr = 4e-4
-    c.detector.momentum = 0.0
-    c.detector.batch_size = 16
-    c.detector.epochs = 8
-    c.detector.min_steps = 1000
-    return c
+    return paper_fine_tuning(c)

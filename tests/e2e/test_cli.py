@@ -303,3 +303,15 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, expected):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("Error: ") and expected in err
     assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_extending_training_from_the_command_continues_from_the_newest_checkpoint(capsys, tmp_path):
+    args = ["generate", "--config", TINY, "--class", "5", "--out", str(tmp_path), "--quiet"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *args, "--set", "training.n_iters=30", "--set", "training.snapshot_iters=(10, 20)")
+    assert code == 0, err
+    run = tmp_path / "digits" / "5"
+    log = (run / "fitm.log").read_text()
+    assert "resuming from" in log and "ckpt_20.pt" in log and "discarding" not in log
+    assert sorted(p.name for p in (run / "sde").glob("ckpt_*.pt")) == ["ckpt_10.pt", "ckpt_20.pt", "ckpt_30.pt"]
