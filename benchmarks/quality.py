@@ -194,8 +194,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--train-limit", type=int, default=0, help="keep the first N normal training images")
     parser.add_argument("--study", action="store_true", help="the early-stop study on every class and seed")
-    parser.add_argument("--variants", nargs="+", default=list(TRAINED[1:]), choices=list(TRAINED[1:]),
-                        help="which other kinds of fakes to train on (default: all)")
+    parser.add_argument("--variants", nargs="*", default=list(TRAINED[1:]), choices=list(TRAINED[1:]),
+                        help="which other kinds of fakes to train on (default: all; none with no names)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_SHORT = ["--set", "training.n_iters=100", "--set", "training.snapshot_iters=(50,)", "--set",
-                "fakes.checkpoint=50", "--set", "detector.epochs=2"]
+                "fakes.checkpoint=50", "--set", "detector.epochs=2", "--set", "detector.min_steps=0"]
 
 
 def torchrun(procs: int) -> list[str]:
@@ -67,7 +67,7 @@ def worker(steps: int) -> None:
     score_steps = steps / (time.perf_counter() - start)
 
     det = config.detector
-    det.update(epochs=1, batch_size=64)
+    det.update(epochs=1, batch_size=64, min_steps=0)
     model = create_backbone(det)
     n = steps * det.batch_size // 2
     train_discriminator(model, images[:64], images[64:128], det, runtime, seed=0)  # warm-up

@@ -58,7 +58,7 @@ def get_config() -> ConfigDict:
     p.denoise = True
     # Clip each step's denoised estimate to the data range, as DDPM's sampler does (score_sde's does not): with it,
     # 0% of airplane's fakes were flat or saturated at snapshots 500 and 1000 of configs/cifar10_cpu.py, against
-    # 39% and 33% without (BENCHMARKS.md). False reproduces score_sde's samplers.
+    # 43% and 34% without (Euler-Maruyama, 50 steps; BENCHMARKS.md). False reproduces score_sde's samplers.
     p.clip_denoised = True
     p.batch_size = 1000
     p.ode_tol = 1e-5

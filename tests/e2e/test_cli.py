@@ -127,7 +127,8 @@ def test_predict_refuses_other_sizes_unless_resized(digits_run, capsys, tmp_path
                            str(tmp_path / "rgb.png"), "--csv", str(tmp_path / "p.csv"))
     with open(tmp_path / "p.csv") as f:
         scores = [float(r["score"]) for r in csv.DictReader(f)]
-    assert code == 0 and scores[0] == scores[1]
+    # equal up to float rounding: a batch of two is reduced in a different order than one image
+    assert code == 0 and scores[0] == pytest.approx(scores[1], rel=1e-5)
 
 
 def test_predict_on_corrupt_image_and_untrained_run(digits_run, capsys, tmp_path):
