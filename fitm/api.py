@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from ml_collections import ConfigDict
 
-from fitm.config import apply_overrides, load_config, validate_config
+from fitm.config import apply_overrides, has_key, load_config, validate_config
 from fitm.errors import FitmError
 
 
@@ -125,8 +125,6 @@ def check_backbone(config: ConfigDict) -> None:
     create_backbone(config.detector)
 
 
-
-
 class Detector:
     """fitm from Python: fit on normal images (a uint8 NHWC array or a folder), then score and predict new ones.
 
@@ -157,7 +155,8 @@ class Detector:
         settings = {key.replace("__", "."): value for key, value in overrides.items()}
         if pretrained is not None:
             settings["detector.pretrained"] = pretrained
-        unknown = [key for key in settings if not _has_key(load_config(dataset, path), key)]
+        defaults = load_config(dataset, path)
+        unknown = [key for key in settings if not has_key(defaults, key)]
         if unknown:
             raise FitmError(f"Detector.from_config: unknown config key {unknown[0]!r} (keyword "
                             f"{unknown[0].replace('.', '__')})")
@@ -288,11 +287,10 @@ class Detector:
             if resize:
                 return read_images(files, size)
             arrays = [read_image(f) for f in files]
-            wrong = next((f for f, a in zip(files, arrays) if a.shape[:2] != (size, size)), None)
-            if wrong is not None:
-                got = arrays[files.index(wrong)].shape
-                raise FitmError(f"{wrong}: {got[0]}x{got[1]}, but this detector's images are {size}x{size} "
-                                "(pass --resize / resize=True to resize them)")
+            for f, a in zip(files, arrays):
+                if a.shape[:2] != (size, size):
+                    raise FitmError(f"{f}: {a.shape[0]}x{a.shape[1]}, but this detector's images are {size}x{size} "
+                                    "(pass --resize / resize=True to resize them)")
             return np.stack(arrays)
         array = validate_images(images, what)
         if array.shape[1:3] != (size, size):
@@ -301,12 +299,3 @@ class Detector:
                                 f"{size}x{size} (pass resize=True to resize them)")
             array = resize_images(array, size)
         return np.ascontiguousarray(array)
-
-
-def _has_key(config: ConfigDict, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True

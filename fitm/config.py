@@ -71,16 +71,24 @@ def apply_overrides(config: ConfigDict, overrides: list[str] | tuple[str, ...]) 
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise FitmError(f"--set {item!r}: expected key=value, e.g. detector.epochs=1")
+        if not has_key(config, key):
+            raise FitmError(f"--set {item!r}: unknown key {key!r}")
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
-            node = node.get(part) if isinstance(node, ConfigDict) else None
-            if not isinstance(node, ConfigDict):
-                raise FitmError(f"--set {item!r}: unknown key {key!r}")
-        if leaf not in node:
-            raise FitmError(f"--set {item!r}: unknown key {key!r}")
+            node = node[part]
         node[leaf] = _parse_value(item, key, raw, node[leaf])
     return config
+
+
+def has_key(config: ConfigDict, key: str) -> bool:
+    """Whether the dotted `key` (e.g. detector.epochs) names a setting of `config`."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _parse_value(item: str, key: str, raw: str, current):
