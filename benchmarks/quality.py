@@ -100,13 +100,14 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
     task.run.open()
     fakes = stages.generate(task)
     meta = task.run.fakes_meta()
+    nan = float("nan")
     model, summary = stages.detect(task, fakes)
     result = stages.evaluate(task, model, summary)
     row = {"class": task.split.class_name, "seed": task.config.seed, "fakes_step": meta["step"],
            "degenerate": meta["degenerate_fraction"], "nearness": meta["nearness"], "fitm": result["auroc"],
-           "pixel_knn": result["pixel_knn_auroc"], "detector_accuracy": summary["final_accuracy"]}
+           "pixel_knn": result["pixel_knn_auroc"], "detector_accuracy": summary["final_accuracy"],
+           "detector_balanced_accuracy": summary.get("final_balanced_accuracy", nan)}  # older runs lack it
     steps = task.run.sde.steps()
-    nan = float("nan")
     row["late_fakes"] = (trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
                          if "late_fakes" in variants else nan)
     row["noised_normals"] = (trained_auroc(task, "noised_normals", noised(task.split.normal_train, task.config.seed))
@@ -144,7 +145,7 @@ def summary_table(rows: list[dict]) -> str:
     classes = list(dict.fromkeys(r["class"] for r in rows))
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [f"Mean ± half-range over seeds {', '.join(map(str, seeds))} (AUROC %):", "",
-             "| class | " + " | ".join(COLUMNS) + " | degenerate % | detector accuracy |",
+             "| class | " + " | ".join(COLUMNS) + " | degenerate % | detector balanced accuracy |",
              "|---|" + "---:|" * (len(COLUMNS) + 2)]
     means = {c: [] for c in COLUMNS}
     for name in classes:
@@ -153,7 +154,7 @@ def summary_table(rows: list[dict]) -> str:
         for c in COLUMNS:
             means[c].append(np.mean([r[c] for r in mine]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean([r['degenerate'] for r in mine]):.1f}"
-                     f" | {np.mean([r['detector_accuracy'] for r in mine]):.3f} |")
+                     f" | {np.mean([float(r.get('detector_balanced_accuracy', 'nan')) for r in mine]):.3f} |")
     lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | |")
     return "\n".join(lines) + "\n\n" + verdict(means, classes)
 

@@ -66,7 +66,7 @@ def get_config() -> ConfigDict:
     c.fakes = f = ConfigDict()
     f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto' (see fitm/sde/early_stop.py)
     f.auto_ratio = 1.1  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
-    f.count = 0  # 0: as many fakes as normal training images
+    f.count = 0  # 0: as many fakes as normal training images; never more (config.fakes_count)
     f.path = ""  # use fakes from this .npy instead of generating them
     # Degenerate fakes (recorded in fakes.json, never filtered): per-image pixel std below flat_std, or mean
     # below dark_mean or above bright_mean, on the 0-255 scale. 0.0-1.4% of a CIFAR-10 class's training images

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fitm.detector.evaluate import roc_points  # noqa: E402
+from fitm.detector.train import NEAR_CHANCE  # noqa: E402
 from fitm.data.images import grid  # noqa: E402
 from fitm.io import atomic_path, save_text  # noqa: E402
 from fitm.run import Run  # noqa: E402
@@ -115,9 +116,27 @@ def _table(items) -> str:
                                for k, v in items) + "</table>"
 
 
+def warnings(metrics: dict) -> list[str]:
+    """What a reader of the figures should know first: a detector that learned nothing, or raw pixels that do
+    better than the whole method on this test set."""
+    notes = []
+    balanced = metrics.get("detector", {}).get("final_balanced_accuracy")
+    if balanced is not None and balanced < NEAR_CHANCE:
+        notes.append(f"The detector told normal from fake {balanced:.3f} of the time (balanced accuracy, last epoch): "
+                     "near chance, so it learned little from these fakes and its kNN scores are about the "
+                     "backbone's own. Start from pretrained weights (--pretrained), raise detector.min_steps or "
+                     "detector.lr, or look at fakes.png.")
+    auroc, pixel = metrics.get("auroc"), metrics.get("pixel_knn_auroc")
+    if auroc is not None and pixel is not None and pixel > auroc:
+        notes.append(f"kNN on the raw pixels scores higher on this test set (AUROC {pixel:.4f} against {auroc:.4f}): "
+                     "the detector's features do not help here; a backbone without pretrained weights rarely does.")
+    return notes
+
+
 def write_html(run: Run) -> Path:
-    """report.html: the metrics, how the fakes were made, and every picture of the run on one page."""
+    """report.html: warnings first, the metrics, how the fakes were made, and every picture of the run."""
     metrics = run.load_metrics()
+    notes = "".join(f'<p class="warn">{html.escape(note)}</p>' for note in warnings(metrics))
     fakes = run.fakes_meta() or {}
     fakes_table = (f"<h2>Fakes</h2>{_table((k, fakes[k]) for k in _FAKES_FACTS if k in fakes)}" if fakes else "")
     figures = "".join(
@@ -130,8 +149,8 @@ def write_html(run: Run) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:1em;vertical-align:top}}
-img{{max-width:560px;image-rendering:pixelated}}</style></head>
-<body><h1>{html.escape(title)}</h1><h2>Metrics</h2>{_table(metrics.items())}{fakes_table}
+img{{max-width:560px;image-rendering:pixelated}}.warn{{background:#fff3cd;padding:6px 10px}}</style></head>
+<body><h1>{html.escape(title)}</h1>{notes}<h2>Metrics</h2>{_table(metrics.items())}{fakes_table}
 <h2>Pictures</h2>{figures}</body></html>
 """
     path = run.path("report.html")

@@ -59,6 +59,7 @@ def score_model_key(config: ConfigDict, normal_train: np.ndarray) -> str:
 def fakes_key(config: ConfigDict, split: Split) -> str:
     """What fakes.npy is made from: the checkpoints, which of them, and how they were sampled."""
     fakes = _without(config.fakes.to_dict(), ("path", "degenerate"))
+    fakes["count"] = min(fakes["count"], len(split.normal_train))  # the count used: see config.fakes_count
     snapshots = (config.training.n_iters, tuple(config.training.snapshot_iters))
     return fingerprint(score_model_key(config, split.normal_train), section(config, "sampling"), fakes, snapshots)
 

@@ -12,6 +12,7 @@ import torch
 from ml_collections import ConfigDict
 
 from fitm import report
+from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import metrics as compute_metrics
@@ -64,7 +65,10 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
     else:
         step = choose_checkpoint(steps, config.fakes.checkpoint)
     model = ema_model(run.sde.load_checkpoint(step), config, runtime.device)
-    count = config.fakes.count or len(split.normal_train)
+    count = fakes_count(config, len(split.normal_train))
+    if count < config.fakes.count:
+        log.info("generate: %d fakes, not fakes.count=%d: never more fakes than normal training images",
+                 count, config.fakes.count)
     fakes = generate_fakes(model, config, count, config.seed, runtime)
     meta = {
         "inputs": key,
@@ -105,16 +109,16 @@ def external_fakes(config: ConfigDict, split: Split, path: str) -> np.ndarray:
     num_classes = FIXED_CLASS_COUNTS.get(config.data.name)
     if not num_classes:
         return fakes
-    per_class = config.fakes.count or len(split.normal_train)
+    per_class = fakes_count(config, len(split.normal_train))
     if len(fakes) == num_classes * per_class:
         index = class_names(config.data).index(split.class_name)
         log.info("fakes: %s holds all %d classes in the authors' layout; using class %d", path, num_classes, index)
         return slice_class(fakes, index, num_classes, f"--fakes {path}")
     if len(fakes) != per_class:
         raise FitmError(
-            f"--fakes {path}: holds {len(fakes)} images, which fits neither one class's fakes ({per_class}, "
-            f"{'fakes.count' if config.fakes.count else 'the number of normal training images'}) nor all "
-            f"{num_classes} classes' in the authors' layout ({num_classes * per_class})")
+            f"--fakes {path}: holds {len(fakes)} images, which fits neither one class's fakes ({per_class}: "
+            f"fakes.count, at most the number of normal training images) nor all {num_classes} classes' in the "
+            f"authors' layout ({num_classes * per_class})")
     return fakes
 
 
@@ -147,11 +151,12 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     model = create_backbone(det)
     freeze(model, det.frozen_blocks)
     rows = train_discriminator(model, train_images, fakes, det, runtime, config.seed, log_path=run.detector_log)
-    summary = {"final_accuracy": rows[-1]["accuracy"], "final_loss": rows[-1]["loss"], "epochs": len(rows),
+    summary = {"final_accuracy": rows[-1]["accuracy"], "final_balanced_accuracy": rows[-1]["balanced_accuracy"],
+               "final_loss": rows[-1]["loss"], "epochs": len(rows),
                "steps": len(rows) * -(-(len(train_images) + len(fakes)) // det.batch_size)}
     run.save_detector(model.state_dict(), key, summary)
-    log.info("detect: saved the discriminator to %s (accuracy %.3f on normal vs fake in its last epoch)",
-             run.path("detector/model.pt"), summary["final_accuracy"])
+    log.info("detect: saved the discriminator to %s (accuracy %.3f, balanced %.3f, on normal vs fake in its last "
+             "epoch)", run.path("detector/model.pt"), summary["final_accuracy"], summary["final_balanced_accuracy"])
     return model.eval(), summary
 
 
@@ -198,6 +203,9 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
                                                 split.test_labels)["auroc"]
     result["detector"] = summary
     result.update(threshold)
+    if result["pixel_knn_auroc"] > result["auroc"]:
+        log.warning("evaluate: kNN on the raw pixels scores higher on this test set (AUROC %.4f against %.4f)",
+                    result["pixel_knn_auroc"], result["auroc"])
 
     normal_scores = test_scores[split.test_labels == 0]
     if nnd:

@@ -42,6 +42,11 @@ def create_backbone(det_cfg) -> nn.Module:
         (log.info if pretrained == "none" else log.warning)(
             "detector.pretrained=%r: the %s starts from random weights; expect poor results", pretrained,
             det_cfg.backbone)
+        if det_cfg.frozen_blocks:
+            log.warning("detector.frozen_blocks=%d keeps blocks at their random initial weights, and the gentle "
+                        "fine-tuning of a config made for a pretrained backbone learns little from random ones: "
+                        "pass --pretrained PATH (benchmarks/pretrain.py makes a CPU stand-in) or set "
+                        "detector.frozen_blocks=0", det_cfg.frozen_blocks)
         model = _create(det_cfg.backbone, False, kwargs)
     elif _is_path(pretrained):
         path = Path(pretrained).expanduser()

@@ -64,6 +64,8 @@ def test_pipeline_writes_every_artifact(digits_run):
     # as many fakes as normal training images, and every normal training image is in the kNN bank
     assert len(fakes) == metrics["n_train"] == int((load_digits().target[_digits_train_index()] == 3).sum())
     assert metrics["threshold_from"] == "leave-one-out scores of the bank" and metrics["threshold"] > 0
+    train_log = list(csv.DictReader(open(digits_run / "detector/train_log.csv")))
+    assert metrics["detector"]["final_balanced_accuracy"] == pytest.approx(float(train_log[-1]["balanced_accuracy"]))
     log = (digits_run / "fitm.log").read_text()
     assert log.count("generate: wrote") == 1 and "fakes.npy is up to date, skipped" in log
 
@@ -81,6 +83,28 @@ def test_report_redraws_pictures_and_html(digits_run, capsys):
         assert (digits_run / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f'src="{name}"' in page, name
     assert "auroc" in page
+
+
+def test_report_puts_a_near_chance_detector_and_better_raw_pixels_first(digits_run, tmp_path):
+    import shutil
+
+    from fitm.report import write_html
+    from fitm.run import Run
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["detector"]["final_balanced_accuracy"], metrics["auroc"], metrics["pixel_knn_auroc"] = 0.52, 0.7, 0.9
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_html(Run(run)).read_text()
+    warnings = page[page.index("</h1>"):page.index("<h2>Metrics")]
+    assert "0.520 of the time" in warnings and "near chance" in warnings
+    assert "raw pixels scores higher" in warnings and "0.9000 against 0.7000" in warnings
+
+    metrics["detector"]["final_balanced_accuracy"], metrics["auroc"], metrics["pixel_knn_auroc"] = 0.9, 0.9, 0.7
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    page = write_html(Run(run)).read_text()
+    assert 'class="warn"' not in page[:page.index("<h2>Metrics")]
 
 
 def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
@@ -263,7 +287,7 @@ def test_fakes_file_is_sliced_or_refused_by_its_length(capsys, tmp_path, cifar10
             str(cifar10_root), "--out", str(tmp_path / "runs"), "--quiet"]
     np.save(tmp_path / "bad.npy", rng.integers(0, 256, (37, 32, 32, 3), dtype=np.uint8))
     code, _, err = run_cli(capsys, *args, "--fakes", str(tmp_path / "bad.npy"))
-    assert code == 2 and err.count("\n") == 1 and "holds 37 images" in err and "(10," in err and "(100)" in err
+    assert code == 2 and err.count("\n") == 1 and "holds 37 images" in err and "(10:" in err and "(100)" in err
     assert not (tmp_path / "runs/cifar10/bird/detector").exists()
 
     all_classes = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
@@ -316,3 +340,14 @@ def test_extending_training_from_the_command_continues_from_the_newest_checkpoin
     log = (run / "fitm.log").read_text()
     assert "resuming from" in log and "ckpt_20.pt" in log and "discarding" not in log
     assert sorted(p.name for p in (run / "sde").glob("ckpt_*.pt")) == ["ckpt_10.pt", "ckpt_20.pt", "ckpt_30.pt"]
+
+
+def test_fakes_count_above_the_normal_count_makes_as_many_fakes_as_normals(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--config", TINY, "--class", "3", "--out", str(tmp_path), "--quiet",
+              "--set", "fakes.count=5000"])
+    assert exit_info.value.code == 0
+    run = tmp_path / "digits" / "3"
+    n_normal = int((load_digits().target[_digits_train_index()] == 3).sum())
+    assert len(np.load(run / "fakes.npy")) == json.loads((run / "fakes.json").read_text())["count"] == n_normal
+    assert "never more fakes than normal training images" in (run / "fitm.log").read_text()

@@ -174,3 +174,14 @@ def test_features_are_the_normed_cls_token():
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(features(model, x), model.forward_features(x)[:, 0])
+
+
+def test_frozen_random_blocks_are_warned_about(caplog, tmp_path):
+    create_backbone(tiny_cfg(frozen_blocks=1))
+    assert "frozen_blocks=1 keeps blocks at their random initial weights" in caplog.text
+    caplog.clear()
+    create_backbone(tiny_cfg(frozen_blocks=0))
+    path = tmp_path / "w.pth"
+    torch.save(source_vit().state_dict(), path)
+    create_backbone(tiny_cfg(frozen_blocks=1, pretrained=str(path)))
+    assert "random initial weights" not in caplog.text

@@ -158,6 +158,41 @@ def test_near_chance_accuracy_is_warned_about(caplog):
     assert "near chance" in caplog.text
 
 
+def test_near_chance_is_judged_on_balanced_accuracy_when_fakes_outnumber_normals(caplog):
+    """Answering "fake" for everything scores the fakes' share in plain accuracy; the warning must still fire."""
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = create_backbone(tiny_cfg())
+    rows = train_discriminator(model, images[:8], images[8:], tiny_cfg(epochs=6, batch_size=16, lr=0.05), RUNTIME,
+                               seed=0)
+    last = rows[-1]
+    assert last["accuracy"] > 0.8  # the majority answer: 56 of 64 are "fakes"
+    assert last["balanced_accuracy"] < 0.6
+    assert "near chance" in caplog.text
+
+
+def test_separable_fakes_give_a_high_balanced_accuracy_and_no_warning(caplog):
+    rng = np.random.default_rng(5)
+    normal = blobs(16, 16, rng)
+    fakes = rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    model = create_backbone(tiny_cfg())
+    rows = train_discriminator(model, normal, fakes, tiny_cfg(epochs=8, batch_size=16, lr=0.05, momentum=0.9),
+                               RUNTIME, seed=0)
+    assert rows[-1]["balanced_accuracy"] > 0.9
+    assert "near chance" not in caplog.text
+
+
+def test_fakes_never_outnumber_the_normal_images():
+    from fitm.config import fakes_count
+
+    cfg = get_config()
+    for count, n_normal, expected in ((0, 50, 50), (2500, 50, 50), (30, 50, 30), (2500, 5000, 2500)):
+        cfg.fakes.count = count
+        assert fakes_count(cfg, n_normal) == expected
+
+
 def test_a_non_finite_loss_stops_training_with_the_key_to_change():
     rng = np.random.default_rng(3)
     normal, fakes = blobs(16, 16, rng), rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
