@@ -159,7 +159,7 @@ def summary_table(rows: list[dict]) -> str:
         for c in COLUMNS:
             means[c].append(np.mean([r[c] for r in mine]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean([r['degenerate'] for r in mine]):.1f}"
-                     f" | {np.mean([float(r.get('detector_balanced_accuracy', 'nan')) for r in mine]):.3f} |")
+                     f" | {np.mean([r.get('detector_balanced_accuracy', np.nan) for r in mine]):.3f} |")
     lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | |")
     return "\n".join(lines) + "\n\n" + verdict(means, classes)
 

@@ -98,12 +98,12 @@ def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, r
         loss_mean = runtime.mean(loss_sum).item() * runtime.world_size / total  # waits: the clock is honest
         right = (runtime.mean(correct) * runtime.world_size).tolist()
         accuracy = sum(right) / total
-        balanced = (right[0] / n_normal + right[1] / len(fakes)) / 2
+        on_normals, on_fakes = right[0] / n_normal, right[1] / len(fakes)
         if not math.isfinite(loss_mean):
             raise FitmError(f"detector: the training loss became non-finite in epoch {epoch + 1} (try a lower "
                             f"detector.lr, now {det_cfg.lr}); the previous detector, if any, is kept")
-        row = {"epoch": epoch + 1, "loss": loss_mean, "accuracy": accuracy, "balanced_accuracy": balanced,
-               "images_per_s": total / (time.perf_counter() - start)}
+        row = {"epoch": epoch + 1, "loss": loss_mean, "accuracy": accuracy,
+               "balanced_accuracy": (on_normals + on_fakes) / 2, "images_per_s": total / (time.perf_counter() - start)}
         rows.append(row)
         bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}", acc=f"{row['balanced_accuracy']:.3f}")
         log.info("detector epoch %d/%d: loss %.4f, accuracy %.3f (balanced %.3f), %.0f images/s", row["epoch"],
@@ -114,8 +114,7 @@ def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, r
     if rows[-1]["balanced_accuracy"] < NEAR_CHANCE:
         log.warning("detector: balanced accuracy %.3f on normal vs fake in its last epoch (%.3f on normals, %.3f on "
                     "fakes), near chance: it learned little from these fakes (raise detector.min_steps or "
-                    "detector.lr, or check fakes.png)", rows[-1]["balanced_accuracy"], right[0] / n_normal,
-                    right[1] / len(fakes))
+                    "detector.lr, or check fakes.png)", rows[-1]["balanced_accuracy"], on_normals, on_fakes)
     return rows
 
 
