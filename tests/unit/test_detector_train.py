@@ -148,6 +148,19 @@ def test_min_steps_raises_the_epochs_of_a_small_set():
     assert epochs_for(tiny_cfg(epochs=8, batch_size=64, min_steps=0), 100) == 8
 
 
+@pytest.mark.parametrize("name", ["folder", "mvtec", "mvtec_cpu", "cifar10_cpu"])
+def test_configs_for_small_sets_give_50_images_at_least_1000_steps(name):
+    """The configs people bring their own (often small) sets to: 50 normal images and 50 fakes."""
+    import math
+    from pathlib import Path
+
+    from fitm.config import load_config
+    from fitm.detector.train import epochs_for
+
+    det = load_config(path=str(Path(__file__).parents[2] / "configs" / f"{name}.py")).detector
+    assert epochs_for(det, 100) * math.ceil(100 / det.batch_size) >= 1000
+
+
 def test_near_chance_accuracy_is_warned_about(caplog):
     rng = np.random.default_rng(2)
     same = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
