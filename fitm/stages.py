@@ -16,7 +16,7 @@ from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import metrics as compute_metrics
-from fitm.detector.train import extract_features, train_discriminator
+from fitm.detector.train import extract_features, linear_probe, train_discriminator
 from fitm.errors import FitmError
 from fitm.knn import knn_scores, leave_one_out_scores, pixel_vectors
 from fitm.run import Run, detector_key, fakes_key, score_model_key, summary_path
@@ -150,10 +150,13 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     runtime.seed(config.seed)  # the same initial weights whatever ran before in this process
     model = create_backbone(det)
     freeze(model, det.frozen_blocks)
+    probe = linear_probe(model, train_images, fakes, det, runtime) if det.linear_probe else None
     rows = train_discriminator(model, train_images, fakes, det, runtime, config.seed, log_path=run.detector_log)
     summary = {"final_accuracy": rows[-1]["accuracy"], "final_balanced_accuracy": rows[-1]["balanced_accuracy"],
                "final_loss": rows[-1]["loss"], "epochs": len(rows),
                "steps": len(rows) * -(-(len(train_images) + len(fakes)) // det.batch_size)}
+    if probe is not None:
+        summary["probe_balanced_accuracy"] = probe
     run.save_detector(model.state_dict(), key, summary)
     log.info("detect: saved the discriminator to %s (accuracy %.3f, balanced %.3f, on normal vs fake in its last "
              "epoch)", run.path("detector/model.pt"), summary["final_accuracy"], summary["final_balanced_accuracy"])

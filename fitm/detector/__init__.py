@@ -2,7 +2,7 @@
 
 from fitm.detector.backbone import create_backbone, features, freeze
 from fitm.detector.evaluate import metrics, roc_points
-from fitm.detector.train import extract_features, train_discriminator
+from fitm.detector.train import extract_features, linear_probe, train_discriminator
 from fitm.detector.transforms import BatchTransform
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "extract_features",
     "features",
     "freeze",
+    "linear_probe",
     "metrics",
     "roc_points",
     "train_discriminator",

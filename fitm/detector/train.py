@@ -43,6 +43,35 @@ def epochs_for(det_cfg, n_images: int) -> int:
     return max(det_cfg.epochs, math.ceil(det_cfg.min_steps / steps_per_epoch))
 
 
+def linear_probe(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, runtime: Runtime) -> float:
+    """Set the 2-way head to the logistic regression of fake vs normal on the backbone's features (eval transform),
+    classes weighted equally; returns the probe's balanced accuracy on those features.
+
+    Linear probing before fine-tuning (Kumar et al., ICLR 2022): from a random head the first SGD steps push
+    the backbone along the head's random directions; from a fitted head they move it towards the task. Every
+    rank fits the same probe on the same gathered features."""
+    from sklearn.linear_model import LogisticRegression
+
+    head = model.get_classifier()
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 2:
+        raise FitmError(f"detector.linear_probe: needs a backbone whose classifier is one Linear layer, "
+                        f"{det_cfg.backbone}'s is {type(head).__name__}")
+    x = torch.cat([extract_features(model, normal, det_cfg, runtime),
+                   extract_features(model, fakes, det_cfg, runtime)]).cpu().numpy()
+    y = np.r_[np.zeros(len(normal)), np.ones(len(fakes))]
+    probe = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x, y)
+    # softmax over (-z/2, z/2) is the probe's sigmoid(z) for "fake"
+    w = torch.as_tensor(probe.coef_[0], dtype=head.weight.dtype)
+    b = torch.as_tensor(probe.intercept_, dtype=head.bias.dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.stack([-w, w]) / 2)
+        head.bias.copy_(torch.cat([-b, b]) / 2)
+    guess = probe.predict(x)
+    balanced = float(((guess[y == 0] == 0).mean() + (guess[y == 1] == 1).mean()) / 2)
+    log.info("detector: linear probe on the frozen features, balanced accuracy %.3f on normal vs fake", balanced)
+    return balanced
+
+
 def train_discriminator(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, runtime: Runtime, seed: int,
                         log_path=None) -> list[dict]:
     """SGD with cross-entropy on normal=0 / fake=1; one row per epoch (epoch, loss, accuracy, balanced_accuracy,

@@ -209,17 +209,23 @@ def _synthetic_folder(root: Path, write_image, classes=("a",), n_train=40, n_tes
     return rng.integers(0, 256, (n_train, 8, 8, 3), dtype=np.uint8)
 
 
-def test_detect_separates_normals_from_anomalies(capsys, tmp_path, write_image):
+@pytest.mark.parametrize("probe", [False, True])
+def test_detect_separates_normals_from_anomalies(capsys, tmp_path, write_image, probe):
     fakes = _synthetic_folder(tmp_path / "data", write_image)
     np.save(tmp_path / "fakes.npy", fakes)
     code, out, err = run_cli(
         capsys, "detect", "--config", TINY, "--set", "data.name=folder", "--class", "a",
         "--data-root", str(tmp_path / "data"), "--fakes", str(tmp_path / "fakes.npy"), "--out", str(tmp_path / "runs"),
-        "--set", "detector.epochs=15", "--quiet",
+        "--set", "detector.epochs=15", "--set", f"detector.linear_probe={probe}", "--quiet",
     )
     assert code == 0, err
     metrics = json.loads((tmp_path / "runs/folder/a/metrics.json").read_text())
     assert metrics["auroc"] > 0.9 and "AUROC" in out
+    log = (tmp_path / "runs/folder/a/fitm.log").read_text()
+    if probe:  # the head was fitted first: the probe already tells these noise fakes from the ramps
+        assert metrics["detector"]["probe_balanced_accuracy"] > 0.9 and "linear probe" in log
+    else:
+        assert "probe_balanced_accuracy" not in metrics["detector"] and "linear probe" not in log
 
 
 def test_pipeline_all_classes_writes_summary(capsys, tmp_path, write_image):

@@ -6,7 +6,7 @@ import torch
 
 from fitm.configs.default import get_config
 from fitm.detector import BatchTransform, create_backbone, extract_features, features, freeze, metrics
-from fitm.detector.train import train_discriminator
+from fitm.detector.train import linear_probe, train_discriminator
 from fitm.detector.transforms import NORMALIZE
 from fitm.errors import FitmError
 from fitm.knn import knn_scores
@@ -195,6 +195,32 @@ def test_separable_fakes_give_a_high_balanced_accuracy_and_no_warning(caplog):
                                RUNTIME, seed=0)
     assert rows[-1]["balanced_accuracy"] > 0.9
     assert "near chance" not in caplog.text
+
+
+def test_linear_probe_sets_a_head_that_already_tells_fakes_apart():
+    """Before any SGD step, the fitted head separates normals from fakes that the random head cannot, with
+    fakes outnumbered (balanced classes); the backbone is left as it was."""
+    rng = np.random.default_rng(2)
+    normal = blobs(24, 16, rng)
+    fakes = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = create_backbone(cfg)
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head")}
+    x = BatchTransform(cfg, CPU)(torch.from_numpy(np.concatenate([normal, fakes])))
+    y = torch.cat([torch.zeros(24), torch.ones(12)]).long()
+    model.eval()
+    with torch.no_grad():
+        before = model(x).argmax(1)
+
+    balanced = linear_probe(model, normal, fakes, cfg, RUNTIME)
+
+    with torch.no_grad():
+        after = model(x).argmax(1)
+    accuracy = lambda guess: ((guess[y == 0] == 0).float().mean() + (guess[y == 1] == 1).float().mean()) / 2
+    assert balanced == pytest.approx(accuracy(after).item()) and balanced > 0.95
+    assert accuracy(before) < 0.8
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in backbone.items())
 
 
 def test_fakes_never_outnumber_the_normal_images():
