@@ -13,6 +13,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
 
 from fitm.detector.backbone import features
 from fitm.detector.transforms import BatchTransform
@@ -50,8 +52,6 @@ def linear_probe(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, runtime:
     Linear probing before fine-tuning (Kumar et al., ICLR 2022): from a random head the first SGD steps push
     the backbone along the head's random directions; from a fitted head they move it towards the task. Every
     rank fits the same probe on the same gathered features."""
-    from sklearn.linear_model import LogisticRegression
-
     head = model.get_classifier()
     if not isinstance(head, torch.nn.Linear) or head.out_features != 2:
         raise FitmError(f"detector.linear_probe: needs a backbone whose classifier is one Linear layer, "
@@ -66,8 +66,7 @@ def linear_probe(model, normal: np.ndarray, fakes: np.ndarray, det_cfg, runtime:
     with torch.no_grad():
         head.weight.copy_(torch.stack([-w, w]) / 2)
         head.bias.copy_(torch.cat([-b, b]) / 2)
-    guess = probe.predict(x)
-    balanced = float(((guess[y == 0] == 0).mean() + (guess[y == 1] == 1).mean()) / 2)
+    balanced = float(balanced_accuracy_score(y, probe.predict(x)))
     log.info("detector: linear probe on the frozen features, balanced accuracy %.3f on normal vs fake", balanced)
     return balanced
 
