@@ -1,6 +1,6 @@
 """The GPU check in one command: fitm's paper-size path on one GPU, each pair measured in this run.
 
-    python benchmarks/gpu.py             # one GPU: ViT-B/16 at 224 px, DDPM++ (61.8 M) at 32 px; < 8 minutes
+    python benchmarks/gpu.py             # one GPU: ViT-B/16 at 224 px, DDPM++ (61.8 M) at 32 px; ~5 minutes
     python benchmarks/gpu.py --smoke     # the same code on the CPU with tiny models, in seconds (the tests run it)
 
 Prints, from the default config (configs/cifar10.py) with random weights:
@@ -12,7 +12,9 @@ Prints, from the default config (configs/cifar10.py) with random weights:
 - sampler images/s, DDIM-100 against Euler-Maruyama-1000;
 - the peak GPU memory of each part;
 - the projected minutes of one CIFAR-10 class end to end at the default config (generate: training,
-  the 'auto' probes, the fakes; detect: fine-tuning, features, kNN), from the rates above.
+  the 'auto' probes, the fakes; detect: fine-tuning, features, kNN), from the rates above;
+- last, as compiling takes minutes: training.channels_last, training.compile and detector.compile against eager.
+On one H200 the whole script took 296 s (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -126,17 +128,6 @@ def main() -> None:
         print(f"  training  {label}  {rates[amp]:8.2f} steps/s  ({count_parameters(trainer.model) / 1e6:.1f} M "
               f"parameters; peak {peak_memory(device)})")
     print(f"  training  bf16 / fp32 {rates[True] / rates[False]:.2f}x")
-    if gpu:  # the speed options; compiling takes minutes on a CPU, so --smoke leaves them out
-        for option in ("channels_last", "compile"):
-            cfg = copy.deepcopy(config)
-            cfg.training[option] = True
-            rate, _ = train_rate(cfg, device, steps, warmup)
-            print(f"  training  bf16 + training.{option}: {rate:8.2f} steps/s ({rate / rates[True]:.2f}x bf16 alone)")
-        compiled_det = copy.deepcopy(det)
-        compiled_det.compile = True
-        rate = fitm_train(compiled_det, normal, fakes, device)
-        print(f"  detector  training with detector.compile: {rate:9.1f} images/s ({rate / ours:.2f}x eager, "
-              f"batch {det.batch_size})")
     batch = 256 if gpu else 4
     ddim = sample_rate(trainer.ema, config, device, "ddim", 100 if gpu else 3, batch)
     em = sample_rate(trainer.ema, config, device, "euler_maruyama", 1000 if gpu else 4, batch)
@@ -162,6 +153,20 @@ def main() -> None:
     print(f"  generate stage                       {generate:8.1f} min   (target <= 15 on one H200)")
     print(f"  end to end                           {sum(minutes.values()):8.1f} min")
     sync(device)
+
+    # --- the speed options, last: compiling takes minutes (on a CPU far more, so --smoke leaves them out) -----
+    if gpu:
+        print("\nspeed options (each compiled in its warm-up, outside the timing):")
+        for option in ("channels_last", "compile"):
+            cfg = copy.deepcopy(config)
+            cfg.training[option] = True
+            rate, _ = train_rate(cfg, device, steps, warmup)
+            print(f"  score model bf16 + training.{option}: {rate:8.2f} steps/s ({rate / rates[True]:.2f}x bf16 alone)")
+        compiled_det = copy.deepcopy(det)
+        compiled_det.compile = True
+        rate = fitm_train(compiled_det, normal, fakes, device)
+        print(f"  detector  training with detector.compile: {rate:9.1f} images/s ({rate / ours:.2f}x eager, "
+              f"batch {det.batch_size})")
 
 
 if __name__ == "__main__":
