@@ -119,10 +119,16 @@ def check_split(config: ConfigDict, split) -> None:
 
 def check_backbone(config: ConfigDict) -> None:
     """Build the detector once, weights included, so that a bad backbone or weights file fails now and not after
-    hours of score-model training."""
+    hours of score-model training. Its warnings are left to the detect stage, which builds it again and logs them
+    to the run's log too: said here as well, each was printed twice."""
     from fitm.detector.backbone import create_backbone
+    from fitm.runtime import log
 
-    create_backbone(config.detector)
+    was_disabled, log.disabled = log.disabled, True
+    try:
+        create_backbone(config.detector)
+    finally:
+        log.disabled = was_disabled
 
 
 class Detector:

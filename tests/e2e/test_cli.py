@@ -70,6 +70,15 @@ def test_pipeline_writes_every_artifact(digits_run):
     assert log.count("generate: wrote") == 1 and "fakes.npy is up to date, skipped" in log
 
 
+def test_a_backbone_warning_is_printed_once_and_logged(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "1", "--out", str(tmp_path),
+                             "--quiet", "--set", "detector.frozen_blocks=1")
+    assert code == 0
+    warning = "detector.frozen_blocks=1 keeps blocks at their random initial weights"
+    assert (out + err).count(warning) == 1
+    assert (tmp_path / "digits" / "1" / "fitm.log").read_text().count(warning) == 1
+
+
 def test_report_redraws_pictures_and_html(digits_run, capsys):
     for png in digits_run.glob("*.png"):
         png.unlink()
