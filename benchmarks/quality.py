@@ -143,6 +143,8 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
 def spread(values: list[float]) -> str:
     """mean ± half the range over seeds, in AUROC points."""
     values = 100 * np.asarray(values, float)
+    if np.isnan(values).all():
+        return "not run"
     return f"{values.mean():.2f} ± {(values.max() - values.min()) / 2:.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
@@ -173,6 +175,8 @@ def verdict(means: dict, classes: list[str]) -> str:
              f"{100 * (ours.mean() - knn.mean()):+.2f} points; fitm wins on {wins} of {len(classes)} classes."]
     for c in ("late_fakes", "noised_normals", "blurred_normals", "pixel_knn"):
         other = np.mean(means[c])
+        if np.isnan(other):  # a variant not run (--variants)
+            continue
         lines.append(f"fitm {'beats' if ours.mean() > other else 'does NOT beat'} {c} on the mean "
                      f"({100 * ours.mean():.2f} vs {100 * other:.2f}).")
     return "\n".join(lines)

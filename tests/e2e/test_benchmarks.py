@@ -1,4 +1,5 @@
-"""The benchmark scripts that must not rot: the GPU check runs its own code on the CPU with --smoke."""
+"""The benchmark scripts that must not rot: the GPU check runs its own code on the CPU with --smoke; the quality
+table's verdict."""
 
 import os
 import subprocess
@@ -15,3 +16,18 @@ def test_gpu_check_smoke_runs_on_cpu():
     for line in ("train     fitm", "train     authors", "features  fitm", "training  fp32", "sampling  ddim",
                  "sampling  em", "generate stage", "end to end"):
         assert line in result.stdout, line
+
+
+def test_quality_verdict_leaves_out_variants_not_run():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    nan = float("nan")
+    row = {"fitm": 0.80, "pretrained_knn": 0.75, "late_fakes": nan, "noised_normals": 0.81, "blurred_normals": nan,
+           "pixel_knn": 0.60, "degenerate": 0.0, "detector_balanced_accuracy": 0.6}
+    rows = [{"class": "airplane", "seed": seed, **row} for seed in (0, 1)]
+    table = quality.summary_table(rows)
+    assert "| airplane | 80.00 ± 0.00 | 75.00 ± 0.00 | not run | 81.00 ± 0.00 | not run |" in table
+    assert "+5.00 points; fitm wins on 1 of 1 classes" in table
+    assert "does NOT beat noised_normals" in table and "beats pixel_knn" in table
+    assert "late_fakes" not in table.split("\n\n")[-1] and "blurred_normals" not in table.split("\n\n")[-1]
