@@ -1,12 +1,16 @@
 import csv
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
+from fitm.config import load_config
 from fitm.configs.default import get_config
 from fitm.detector import BatchTransform, create_backbone, extract_features, features, freeze, metrics
-from fitm.detector.train import linear_probe, train_discriminator
+from fitm.detector.train import epochs_for, linear_probe, train_discriminator
 from fitm.detector.transforms import NORMALIZE
 from fitm.errors import FitmError
 from fitm.knn import knn_scores
@@ -140,8 +144,6 @@ def test_training_is_seeded():
 
 
 def test_min_steps_raises_the_epochs_of_a_small_set():
-    from fitm.detector.train import epochs_for
-
     cfg = tiny_cfg(epochs=8, batch_size=64, min_steps=300)
     assert epochs_for(cfg, 100) == 150  # 2 steps per epoch: 150 epochs make the 300 steps
     assert epochs_for(cfg, 100_000) == 8  # a large set keeps the recipe's epochs
@@ -151,12 +153,6 @@ def test_min_steps_raises_the_epochs_of_a_small_set():
 @pytest.mark.parametrize("name", ["folder", "mvtec", "mvtec_cpu", "cifar10_cpu"])
 def test_configs_for_small_sets_give_50_images_at_least_1000_steps(name):
     """The configs people bring their own (often small) sets to: 50 normal images and 50 fakes."""
-    import math
-    from pathlib import Path
-
-    from fitm.config import load_config
-    from fitm.detector.train import epochs_for
-
     det = load_config(path=str(Path(__file__).parents[2] / "configs" / f"{name}.py")).detector
     assert epochs_for(det, 100) * math.ceil(100 / det.batch_size) >= 1000
 
@@ -217,9 +213,8 @@ def test_linear_probe_sets_a_head_that_already_tells_fakes_apart():
 
     with torch.no_grad():
         after = model(x).argmax(1)
-    accuracy = lambda guess: ((guess[y == 0] == 0).float().mean() + (guess[y == 1] == 1).float().mean()) / 2
-    assert balanced == pytest.approx(accuracy(after).item()) and balanced > 0.95
-    assert accuracy(before) < 0.8
+    assert balanced == pytest.approx(balanced_accuracy_score(y, after)) and balanced > 0.95
+    assert balanced_accuracy_score(y, before) < 0.8
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in backbone.items())
 
 
