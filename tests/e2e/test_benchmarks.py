@@ -31,3 +31,14 @@ def test_quality_verdict_leaves_out_variants_not_run():
     assert "+5.00 points; fitm wins on 1 of 1 classes" in table
     assert "does NOT beat noised_normals" in table and "beats pixel_knn" in table
     assert "late_fakes" not in table.split("\n\n")[-1] and "blurred_normals" not in table.split("\n\n")[-1]
+
+
+def test_quality_verdict_does_not_pit_fitm_against_its_own_fakes():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    row = {"fitm": 0.80, "pretrained_knn": 0.75, "late_fakes": 0.80, "noised_normals": 0.79, "blurred_normals": 0.7,
+           "pixel_knn": 0.60, "degenerate": 0.0, "detector_balanced_accuracy": 0.6}
+    verdict = quality.summary_table([{"class": "airplane", "seed": 0, **row}]).split("\n\n")[-1]
+    assert "late_fakes are fitm's own fakes" in verdict and "beat late_fakes" not in verdict
+    assert "fitm beats noised_normals" in verdict

@@ -150,11 +150,12 @@ def test_min_steps_raises_the_epochs_of_a_small_set():
     assert epochs_for(tiny_cfg(epochs=8, batch_size=64, min_steps=0), 100) == 8
 
 
-@pytest.mark.parametrize("name", ["folder", "mvtec", "mvtec_cpu", "cifar10_cpu"])
-def test_configs_for_small_sets_give_50_images_at_least_1000_steps(name):
-    """The configs people bring their own (often small) sets to: 50 normal images and 50 fakes."""
+@pytest.mark.parametrize("name, steps", [("folder", 1000), ("mvtec", 1000), ("mvtec_cpu", 1000), ("cifar10_cpu", 300)])
+def test_configs_for_small_sets_give_50_images_enough_steps(name, steps):
+    """The configs people bring their own (often small) sets to: 50 normal images and 50 fakes. cifar10_cpu trains
+    every block after a linear probe, where 1,000 steps overfit a 50-image set (BENCHMARKS.md)."""
     det = load_config(path=str(Path(__file__).parents[2] / "configs" / f"{name}.py")).detector
-    assert epochs_for(det, 100) * math.ceil(100 / det.batch_size) >= 1000
+    assert epochs_for(det, 100) * math.ceil(100 / det.batch_size) >= steps
 
 
 def test_near_chance_accuracy_is_warned_about(caplog):
