@@ -6,8 +6,8 @@ to start from a pretrained backbone, as the paper's does: benchmarks/pretrain.py
 CIFAR-10 classes 5-9 (`--pretrained runs/pretrained/vit_c10_5to9.pth`). On airplane with that stand-in (one seed
 each, BENCHMARKS.md), the paper's recipe (half the blocks frozen, a random head) lifted the kNN AUROC from 77.98 to
 81.16, where the from-scratch recipe of configs/small_cpu.py (lr 1e-2, momentum 0.9, batch 64, nothing frozen)
-dropped it to 55.68. Two deviations from it, below: the head starts from a linear probe, and no block is frozen once
-it has.
+dropped it to 55.68. Two deviations from it, below: the head starts from a linear probe, and then every block is
+trained.
 """
 
 from fitm.configs.small_cpu import get_config as small_cpu_config
