@@ -33,7 +33,7 @@ from fitm.knn import knn_scores
 from fitm.detector.train import extract_features
 from fitm.detector.transforms import BatchTransform
 from fitm.io import atomic_path
-from fitm.runtime import seed_everything, set_quiet
+from fitm.runtime import Runtime, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -77,13 +77,13 @@ def pretrain(model, images, labels, det_cfg, epochs: int, batch: int, lr: float,
               f"train accuracy {correct / order.numel():.3f}, {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def knn_aurocs(model, root: Path, det_cfg, size: int) -> list[float]:
+def knn_aurocs(model, root: Path, det_cfg, size: int, runtime: Runtime) -> list[float]:
     """One-class kNN AUROC of each evaluation class against the other evaluation classes' test images."""
     model.eval()
     train, train_labels = read_classes(root, "train", EVAL_CLASSES, size)
     test, test_labels = read_classes(root, "test", EVAL_CLASSES, size)
-    train_f = extract_features(model, train, det_cfg, "cpu")
-    test_f = extract_features(model, test, det_cfg, "cpu")
+    train_f = extract_features(model, train, det_cfg, runtime)
+    test_f = extract_features(model, test, det_cfg, runtime)
     aurocs = []
     for label in range(len(EVAL_CLASSES)):
         scores = knn_scores(test_f, train_f[torch.from_numpy(train_labels == label)], det_cfg.k)
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "pretrained" / "vit_c10_5to9.pth")
     args = parser.parse_args()
 
-    set_quiet(args.quiet)
+    runtime = Runtime.local("cpu", quiet=args.quiet)
     config = apply_overrides(load_config(path=args.config), args.overrides)
     det, size = config.detector, config.data.image_size
     root = cifar_tree(args.data)
@@ -120,7 +120,7 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     with atomic_path(args.out) as tmp:
         torch.save(model.state_dict(), tmp)
-    aurocs = knn_aurocs(model, root, det, size)
+    aurocs = knn_aurocs(model, root, det, size, runtime)
     print(f"wrote {args.out} after {minutes:.1f} minutes of training")
     print("kNN AUROC (k = 2) without fine-tuning, classes 0-4 vs the rest of 0-4: "
           + " / ".join(f"{100 * a:.1f}" for a in aurocs) + f", mean {100 * np.mean(aurocs):.1f}")
