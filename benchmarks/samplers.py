@@ -97,7 +97,7 @@ def summary_table(rows: list[dict]) -> str:
              "spread = half the range of the per-class-seed AUROC difference to the config's sampler:", "",
              "| sampler | NFE | images/s | nearness | degenerate % | fitm AUROC | minus the config's sampler |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    reference = {(r["class"], r["seed"]): r["auroc"] for r in rows if str(r["sampler"]).endswith("(config)")}
+    reference = {(r["class"], r["seed"]): float(r["auroc"]) for r in rows if str(r["sampler"]).endswith("(config)")}
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = [r for r in rows if r["sampler"] == name]
         auroc = np.array([float(r["auroc"]) for r in mine])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from fitm.data.cheap_fakes import SOURCES
 from fitm.errors import FitmError
 
 DATASETS = ("digits", "cifar10", "cifar100", "mvtec", "folder")
@@ -190,6 +191,10 @@ _RULES = {
     "sampling.ode_tol": (_in_range(0, _INF, lo_open=True), "a number > 0"),
     "fakes.checkpoint": (lambda v: v in ("auto", "last") or v.isdigit(), "'auto', 'last' or a snapshot iteration"),
     "fakes.auto_ratio": (_in_range(1, _INF), "a number >= 1"),
+    "fakes.patience": (_positive_int, "a positive integer"),
+    "fakes.source": (lambda v: v in SOURCES, "one of " + ", ".join(SOURCES)),
+    "fakes.noise_std": (_in_range(0, 255, lo_open=True), "a number in (0, 255]"),
+    "fakes.blur_sigma": (_in_range(0, _INF, lo_open=True), "a number > 0"),
     "fakes.count": (_non_negative_int, "an integer >= 0 (0: as many as normal training images, and never more)"),
     "fakes.degenerate.flat_std": (_in_range(0, 255), "a number in [0, 255]"),
     "fakes.degenerate.dark_mean": (_in_range(0, 255), "a number in [0, 255]"),

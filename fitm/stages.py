@@ -14,6 +14,7 @@ from ml_collections import ConfigDict
 from fitm import report
 from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
+from fitm.data.cheap_fakes import cheap_fakes
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import metrics as compute_metrics
 from fitm.detector.train import extract_features, linear_probe, train_discriminator
@@ -22,9 +23,9 @@ from fitm.knn import knn_scores, leave_one_out_scores, pixel_vectors
 from fitm.run import Run, detector_key, fakes_key, score_model_key, summary_path
 from fitm.runtime import Runtime, log
 from fitm.sde.degenerate import degenerate_fraction
-from fitm.sde.early_stop import choose_auto, fakes_signal
+from fitm.sde.early_stop import AutoChoice, fakes_signal
 from fitm.sde.sampling import nfe
-from fitm.sde.train import ema_model, generate_fakes, train_score_model
+from fitm.sde.train import ema_model, generate_fakes, snapshot_steps, train_score_model
 from fitm.io import save_csv
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
@@ -50,20 +51,34 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
         log.info("generate: %s is up to date, skipped", run.path("fakes.npy"))
         return fakes
 
+    return _score_model_fakes(task, key, force) if config.fakes.source == "sde" else _cheap_fakes(task, key)
+
+
+def _score_model_fakes(task: Task, key: str, force: bool) -> np.ndarray:
+    """Train the score model as far as fakes.checkpoint needs, then sample the fakes from the snapshot it names."""
+    run, config, split, runtime = task.run, task.config, task.split, task.runtime
     if force:
         run.sde.discard()
     run.sde.prepare(score_model_key(config, split.normal_train))
     runtime.barrier()  # stale checkpoints are gone before any rank looks for one
-    steps = train_score_model(split.normal_train, config, run.sde, runtime)
-
+    snapshots = snapshot_steps(config.training)
     if config.fakes.checkpoint == "auto":
-        step, signal = choose_auto(run.sde, steps, split.normal_train, config, runtime)
+        auto = AutoChoice(run.sde, split.normal_train, config, runtime)
+        trained = train_score_model(split.normal_train, config, run.sde, runtime, after_snapshot=auto.observe)
+        step, signal = auto.step, auto.rows(snapshots)
         if run.writer:
             save_csv(signal, run.sde.auto_table)
         log.info("generate: fakes.checkpoint='auto' chose step %d (nearness, degenerate per snapshot: %s)", step,
-                 ", ".join(f"{r['step']}: {r['nearness']:.2f}, {100 * r['degenerate']:.0f}%" for r in signal))
+                 ", ".join(f"{r['step']}: {r['nearness']:.2f}, {100 * r['degenerate']:.0f}%" for r in signal
+                           if r["trained"]))
     else:
-        step = choose_checkpoint(steps, config.fakes.checkpoint)
+        trained = train_score_model(split.normal_train, config, run.sde, runtime,
+                                    until=checkpoint_step(snapshots, config.fakes.checkpoint))
+        step = trained[-1]
+    skipped = [s for s in snapshots if s > trained[-1]]
+    if skipped:
+        log.info("generate: trained to step %d of %d; snapshots %s not trained (not needed by fakes.checkpoint=%r)",
+                 trained[-1], snapshots[-1], ", ".join(map(str, skipped)), config.fakes.checkpoint)
     model = ema_model(run.sde.load_checkpoint(step), config, runtime.device)
     count = fakes_count(config, len(split.normal_train))
     if count < config.fakes.count:
@@ -72,33 +87,60 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
     fakes = generate_fakes(model, config, count, config.seed, runtime)
     meta = {
         "inputs": key,
+        "source": "sde",
         "checkpoint": str(run.sde.checkpoint(step).relative_to(run.dir)),
         "step": step,
+        "trained_steps": trained[-1],
+        "snapshots_not_trained": skipped,
         "sampler": config.sampling.method,
         "corrector": config.sampling.corrector,
         "steps": config.sampling.steps,
         "nfe": nfe(config.sampling),
         "seed": config.seed,
         "count": count,
-        "degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
-        "normal_degenerate_fraction": degenerate_fraction(split.normal_train, config.fakes.degenerate),
-        **fakes_signal(split.normal_train, fakes, config, runtime.device),
+        **_fakes_facts(split, fakes, config, runtime),
     }
-    run.save_fakes(fakes, meta)
-    if run.writer:
-        report.save_normal_vs_fakes(split.normal_train, fakes, run.path("fakes.png"))
+    _write_fakes(run, split, fakes, meta)
     log.info("generate: wrote %d fakes from step %d to %s: %.1f%% degenerate (normal images: %.1f%%), nearness "
              "%.2f", count, step, run.path("fakes.npy"), 100 * meta["degenerate_fraction"],
              100 * meta["normal_degenerate_fraction"], meta["nearness"])
     return fakes
 
 
-def choose_checkpoint(steps: list[int], choice: str) -> int:
+def _cheap_fakes(task: Task, key: str) -> np.ndarray:
+    """fakes.source other than 'sde': fakes made from the normal images, no score model trained."""
+    run, config, split = task.run, task.config, task.split
+    count = fakes_count(config, len(split.normal_train))
+    fakes, parameters = cheap_fakes(split.normal_train, config.fakes, count, config.seed)
+    meta = {"inputs": key, "source": config.fakes.source, **parameters, "seed": config.seed, "count": count,
+            **_fakes_facts(split, fakes, config, task.runtime)}
+    _write_fakes(run, split, fakes, meta)
+    log.info("generate: wrote %d fakes.source=%s fakes (no score model) to %s: %.1f%% degenerate, nearness %.2f",
+             count, config.fakes.source, run.path("fakes.npy"), 100 * meta["degenerate_fraction"],
+             meta.get("nearness", float("nan")))
+    return fakes
+
+
+def _fakes_facts(split: Split, fakes: np.ndarray, config: ConfigDict, runtime: Runtime) -> dict:
+    """What fakes.json says of any fakes: degenerate shares and their nearness to the normal class."""
+    return {"degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
+            "normal_degenerate_fraction": degenerate_fraction(split.normal_train, config.fakes.degenerate),
+            **fakes_signal(split.normal_train, fakes, config, runtime.device)}
+
+
+def _write_fakes(run: Run, split: Split, fakes: np.ndarray, meta: dict) -> None:
+    run.save_fakes(fakes, meta)
+    if run.writer:
+        report.save_normal_vs_fakes(split.normal_train, fakes, run.path("fakes.png"))
+
+
+def checkpoint_step(snapshots: list[int], choice: str) -> int:
+    """The snapshot a fixed fakes.checkpoint names: training stops there."""
     if choice == "last":
-        return max(steps)
-    if not str(choice).isdigit() or int(choice) not in steps:
+        return max(snapshots)
+    if not str(choice).isdigit() or int(choice) not in snapshots:
         raise FitmError(f"fakes.checkpoint={choice!r}: expected 'auto', 'last' or one of the snapshot iterations "
-                        f"{sorted(steps)}")
+                        f"{sorted(snapshots)}")
     return int(choice)
 
 
