@@ -31,13 +31,14 @@ def cifar_tree(path: Path) -> Path:
         inner.rename(root)
     return root
 
+
 # --smoke: a few steps of everything, so each script's own code path runs in seconds on one core.
 SMOKE_OVERRIDES = ["training.n_iters=6", "training.snapshot_iters=(3,6)", "training.warmup=2",
                    "training.batch_size=16", "training.log_every=2", "sampling.steps=3", "fakes.checkpoint=last",
                    "detector.epochs=1", "detector.min_steps=0"]
 
 
-def synthetic_cifar(root: Path, train: int = 24, test: int = 8, size: int = 16, classes: int = 10) -> Path:
+def synthetic_cifar_tree(root: Path, train: int = 24, test: int = 8, size: int = 16, classes: int = 10) -> Path:
     """A CIFAR-10-shaped JPEG tree (train/<class>/*.jpg, test/<class>/*.jpg) of its first `classes` classes: each
     class a colour of its own under noise, so the scripts have something to tell apart without the shared data."""
     from PIL import Image

@@ -39,7 +39,7 @@ from fitm.sde.sampling import nfe  # noqa: E402
 from fitm.sde.train import ema_model, generate_fakes, train_score_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar  # noqa: E402
+from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 SAMPLERS = {
     "em50": dict(method="euler_maruyama", steps=50, corrector="none"),
@@ -141,7 +141,7 @@ def main() -> None:
     if not args.smoke:
         return measure(args)
     with tempfile.TemporaryDirectory() as tmp:
-        args.data, args.out = synthetic_cifar(Path(tmp) / "data"), Path(tmp) / "out"
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "out"
         args.classes, args.samplers, args.count, args.quiet = ["0"], ["em50"], 8, True
         args.overrides = SMOKE_OVERRIDES + args.overrides
         measure(args)

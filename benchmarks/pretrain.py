@@ -39,7 +39,7 @@ from fitm.runtime import Runtime, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import SHARED_DATA, cifar_tree, synthetic_cifar  # noqa: E402
+from common import SHARED_DATA, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 PRETRAIN_CLASSES = (5, 6, 7, 8, 9)
 EVAL_CLASSES = (0, 1, 2, 3, 4)
@@ -111,7 +111,7 @@ def main() -> None:
     if not args.smoke:
         return measure(args)
     with tempfile.TemporaryDirectory() as tmp:
-        args.data, args.out = synthetic_cifar(Path(tmp) / "data"), Path(tmp) / "stand-in.pth"
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "stand-in.pth"
         args.epochs, args.batch_size, args.quiet = 1, 16, True
         measure(args)
 

@@ -39,7 +39,7 @@ import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar  # noqa: E402
+from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 from fitm import stages  # noqa: E402
 from fitm.config import apply_overrides, load_config, validate_config  # noqa: E402
@@ -222,7 +222,7 @@ def main() -> None:
     if not args.smoke:
         return measure(args)
     with tempfile.TemporaryDirectory() as tmp:
-        args.data, args.out = synthetic_cifar(Path(tmp) / "data"), Path(tmp) / "out"
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "out"
         args.classes, args.seeds, args.study, args.quiet = ["0"], [0], True, True
         args.overrides = SMOKE_OVERRIDES + args.overrides
         measure(args)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SMOKE_OVERRIDES, synthetic_cifar  # noqa: E402
+from common import SMOKE_OVERRIDES, synthetic_cifar_tree  # noqa: E402
 
 DIGITS_SHORT = ["--set", "training.n_iters=100", "--set", "training.snapshot_iters=(50,)", "--set",
                 "fakes.checkpoint=50", "--set", "detector.epochs=2", "--set", "detector.min_steps=0"]
@@ -101,7 +101,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
-            data += ["--data-root", str(synthetic_cifar(Path(tmp) / "data", classes=classes))]
+            data += ["--data-root", str(synthetic_cifar_tree(Path(tmp) / "data", classes=classes))]
         for procs in args.procs:
             rows.append({"procs": procs, "classes_per_hour": class_parallel(procs, Path(tmp) / f"p{procs}", data,
                                                                             classes),

@@ -49,11 +49,14 @@ def get_config() -> ConfigDict:
     t.channels_last = False  # the U-Net in channels_last memory format (benchmarks/gpu.py measures it on a GPU)
 
     c.sampling = p = ConfigDict()
-    p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim
+    p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim, dpm_solver
     p.corrector = "none"  # none, langevin
     p.snr = 0.16
     p.corrector_steps = 1
-    p.steps = 100  # predictor steps (ddim: its few steps; ode: ignored, adaptive)
+    p.steps = 100  # predictor steps, one network evaluation each (ode: ignored, adaptive)
+    # dpm_solver: multistep order, 2 or 3. On Gaussian data (tests/unit/test_sde.py) order 2 is the nearer at 10
+    # steps, order 3 at 20.
+    p.order = 2
     p.eps = 1e-3
     p.denoise = True
     # Clip each step's denoised estimate to the data range, as DDPM's sampler does (score_sde's does not): with it,

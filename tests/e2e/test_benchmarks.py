@@ -76,6 +76,13 @@ def test_predict_smoke():
     assert score_gap < 1e-3  # the exported file scores as PyTorch does
 
 
+def test_samplers_smoke():
+    out = smoke("samplers.py")
+    assert re.search(r"^\| euler_maruyama:3 \(config\) \| 4 \| ", out, re.M), out
+    assert re.search(r"^\| dpm_solver:4 \| 5 \| \d+\.\d \| .* \| [+-]\d+\.\d\d ± \d+\.\d\d \|$", out, re.M), out
+    assert re.search(r"^\| ddim:4 \| 5 \| .* \| not run \|  \|$", out, re.M), out  # probes only
+
+
 def test_scale_smoke():
     out = smoke("scale.py")
     assert re.search(r"^ +1 +\d+\.\d +1\.00 +\d+\.\d\d +1\.00 +\d+\.\d\d +1\.00$", out, re.M), out
