@@ -17,6 +17,7 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
     OMP_NUM_THREADS=1 python benchmarks/quality.py --pretrained runs/pretrained/vit_c10_5to9.pth \\
         --classes 0 1 2 3 4 --seeds 0 1 --study --out runs/quality-pretrained
     python benchmarks/quality.py --merge runs/q-a/quality.csv runs/q-b/quality.csv --out runs/quality
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --smoke    # the same code on tiny synthetic data, in seconds
 
 Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict),
 study.csv/md, and prints the tables; each class's run folders under <out> keep every stage, so a rerun redoes
@@ -29,6 +30,7 @@ import argparse
 import copy
 import csv
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
+from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 from fitm import stages  # noqa: E402
 from fitm.config import apply_overrides, load_config, validate_config  # noqa: E402
@@ -213,7 +215,22 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="airplane, seed 0, --study, on tiny synthetic data "
+                                                             "and a few steps, in a temporary folder: checks the "
+                                                             "script, measures nothing")
     args = parser.parse_args()
+    if not args.smoke:
+        return measure(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "out"
+        args.classes, args.seeds, args.study, args.quiet = ["0"], [0], True, True
+        args.overrides = SMOKE_OVERRIDES + args.overrides
+        measure(args)
+        args.merge = [args.out / "quality.csv"]
+        measure(args)
+
+
+def measure(args) -> None:
     if args.merge:
         rows = [row for path in args.merge for row in read_rows(path)]
         save_csv(rows, args.out / "quality.csv")
