@@ -19,8 +19,10 @@ Writes <out>/samplers.csv (a row per class, seed and sampler) and samplers.md (m
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import csv
+import shutil
 import sys
 import tempfile
 import time
@@ -143,6 +145,7 @@ def main() -> None:
     overrides = list(args.overrides)
     if args.smoke:
         scratch = Path(tempfile.mkdtemp(prefix="fitm-samplers-smoke-"))
+        atexit.register(shutil.rmtree, scratch, True)
         args.data, args.out, args.classes, args.seeds = synthetic_cifar_tree(scratch / "data"), scratch, ["0"], [0]
         args.samplers, args.probe_only = ["dpm_solver:4"], ["ddim:4"]
         overrides += ["training.n_iters=4", "training.snapshot_iters=(2,)", "sampling.steps=3",

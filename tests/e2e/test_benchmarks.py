@@ -83,6 +83,12 @@ def test_samplers_smoke():
     assert re.search(r"^\| ddim:4 \| 5 \| .* \| not run \|  \|$", out, re.M), out  # probes only
 
 
+def test_auto_stop_smoke():
+    out = smoke("auto_stop.py")
+    assert re.search(r"^patience 1: [01] of 1 class runs choose the same snapshot; steps trained \d+ instead of 20$",
+                     out, re.M), out
+
+
 def test_scale_smoke():
     out = smoke("scale.py")
     assert re.search(r"^ +1 +\d+\.\d +1\.00 +\d+\.\d\d +1\.00 +\d+\.\d\d +1\.00$", out, re.M), out
