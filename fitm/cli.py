@@ -1,4 +1,4 @@
-"""The `fitm` command: a thin layer over fitm.api and fitm.stages. Every error is one line on stderr and exit
+"""The `fitm` command: a thin layer over fitm.commands and fitm.stages. Every error is one line on stderr and exit
 code 2. Heavy modules (torch, timm) are imported only by the commands that run, so `fitm --help` is quick.
 
 Under torchrun (`torchrun --nproc_per_node N -m fitm pipeline ...`) every process runs this same command as
@@ -50,7 +50,7 @@ def cli():
 
 def _config(dataset, config_path, data_root, download, overrides, pretrained=None, fakes=None,
             default_dataset=None):
-    from fitm.api import resolve_config
+    from fitm.commands import resolve_config
 
     if dataset and config_path:
         raise FitmError("--dataset and --config: give one, not both")
@@ -67,7 +67,7 @@ def _config(dataset, config_path, data_root, download, overrides, pretrained=Non
 @_dataset_options
 def generate(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet):
     """Train a score model on the normal class and sample early-stopped fakes into the run directory."""
-    from fitm import api, stages
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides)
 
@@ -78,7 +78,7 @@ def generate(dataset, config_path, normal_class, data_root, download, out, overr
             click.echo(f"{len(fakes)} fakes written to {task.run.path('fakes.npy')} ({100 * meta.get('degenerate_fraction', 0):.1f}% "
                        f"degenerate; picture: {task.run.path('fakes.png')})")
 
-    api.run_classes(config, normal_class, out, quiet, work, needs_detector=False)
+    commands.run_classes(config, normal_class, out, quiet, work, needs_detector=False)
 
 
 @cli.command()
@@ -90,10 +90,10 @@ def generate(dataset, config_path, normal_class, data_root, download, out, overr
 def detect(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet,
            fakes_path, pretrained, nnd, fsde):
     """Fine-tune the backbone on normal vs fakes, score the test set by kNN, and report AUROC."""
-    from fitm import api, stages
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides, pretrained, fakes_path)
-    api.check_evaluation(config, nnd, fsde)
+    commands.check_evaluation(config, nnd, fsde)
 
     def work(task):
         model, summary = stages.detect(task, stages.run_fakes(task), force=force)
@@ -101,15 +101,15 @@ def detect(dataset, config_path, normal_class, data_root, download, out, overrid
         _print_result(task, result)
         return result
 
-    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=False))
+    _summary(commands.run_classes(config, normal_class, out, quiet, work, needs_generate=False))
 
 
 @cli.command()
 @_dataset_options
 @_pretrained_option
 def pipeline(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet, pretrained):
-    """generate -> detect -> evaluate for one class or `--class all`. With no options: the offline digits demo."""
-    from fitm import api, stages
+    """generate, then detect, for one class or `--class all`. With no options: the offline digits demo."""
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides, pretrained, default_dataset="digits")
 
@@ -120,7 +120,7 @@ def pipeline(dataset, config_path, normal_class, data_root, download, out, overr
         _print_result(task, result)
         return result
 
-    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=not config.fakes.path))
+    _summary(commands.run_classes(config, normal_class, out, quiet, work, needs_generate=not config.fakes.path))
 
 
 def _print_result(task, result):

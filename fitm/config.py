@@ -74,11 +74,7 @@ def apply_overrides(config: ConfigDict, overrides: list[str] | tuple[str, ...]) 
             raise FitmError(f"--set {item!r}: expected key=value, e.g. detector.epochs=1")
         if not has_key(config, key):
             raise FitmError(f"--set {item!r}: unknown key {key!r}")
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = _parse_value(item, key, raw, node[leaf])
+        set_key(config, key, _parse_value(item, key, raw, get_key(config, key)))
     return config
 
 
@@ -90,6 +86,21 @@ def has_key(config: ConfigDict, key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def get_key(config: ConfigDict, key: str):
+    """The value of the dotted `key` (e.g. detector.epochs) of `config`."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_key(config: ConfigDict, key: str, value) -> None:
+    """Set the dotted `key` (e.g. detector.epochs) of `config`: the one way `--set` and Python settings take."""
+    *parents, leaf = key.split(".")
+    node = get_key(config, ".".join(parents)) if parents else config
+    node[leaf] = value
 
 
 def _parse_value(item: str, key: str, raw: str, current):
@@ -226,7 +237,7 @@ def validate_config(config: ConfigDict, source: str = "config") -> ConfigDict:
         raise FitmError(f"{source}: expected an ml_collections ConfigDict, got {type(config).__name__}")
     _check_tree(config, default_config(), "", source)
     for key, (test, expected) in _RULES.items():
-        value = _get(config, key)
+        value = get_key(config, key)
         if not test(value):
             raise FitmError(f"{source}: {key}={value!r}, expected {expected}")
     if config.sde.beta_max <= config.sde.beta_min:
@@ -287,13 +298,6 @@ def _same_kind(value, reference) -> bool:
 def _kind(reference) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "tuple", list: "tuple"}.get(
         type(reference), type(reference).__name__)
-
-
-def _get(config: ConfigDict, key: str):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _check_backbone(det: ConfigDict, source: str) -> None:

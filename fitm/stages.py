@@ -6,6 +6,7 @@ same stage calls on its share of the work; only the main rank writes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -235,8 +236,19 @@ def fit_bank(task: Task, model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
 
 
 def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
-    """kNN scores of the test set against the normal training features; metrics, scores.csv, pictures."""
-    run, split, runtime, det = task.run, task.split, task.runtime, task.config.detector
+    """Score the test set, run the CIFAR-10 evaluations asked for, and write metrics, scores.csv and the report."""
+    check_cifar10_evaluations(task.config, nnd, fsde)
+    score, test_scores, result = score_test_set(task, model, summary)
+    normal_scores = test_scores[task.split.test_labels == 0]
+    result.update(cifar10_evaluations(task, normal_scores, score, nnd, fsde))
+    write_evaluation(task, result, test_scores)
+    return result
+
+
+def score_test_set(task: Task, model: torch.nn.Module, summary: dict) -> tuple[Callable, np.ndarray, dict]:
+    """The bank and threshold, the test set's kNN scores and metrics, and kNN on raw pixels beside them; returns
+    the scoring function too (images -> scores), for the further evaluations."""
+    split, runtime, det = task.split, task.runtime, task.config.detector
     bank, threshold = fit_bank(task, model)
     score = lambda images: knn_scores(_finite(extract_features(model, images, det, runtime), det), bank,
                                       det.k).cpu().numpy()
@@ -251,13 +263,12 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
     if result["pixel_knn_auroc"] > result["auroc"]:
         log.warning("evaluate: kNN on the raw pixels scores higher on this test set (AUROC %.4f against %.4f)",
                     result["pixel_knn_auroc"], result["auroc"])
+    return score, test_scores, result
 
-    normal_scores = test_scores[split.test_labels == 0]
-    if nnd:
-        result["nnd"] = near_distribution_table(task, normal_scores, score)
-    if fsde:
-        result["fsde_auroc"] = fsde_auroc(task, normal_scores, score, fsde)
 
+def write_evaluation(task: Task, result: dict, test_scores: np.ndarray) -> None:
+    """metrics.json, scores.csv (one row per test image) and, on the main rank, the pictures and report.html."""
+    run, split = task.run, task.split
     rows = [
         {
             "index": i,
@@ -271,7 +282,6 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
     run.save_results(result, rows)
     if run.writer:
         report.draw(run, test_images=split.test_images)
-    return result
 
 
 def _finite(features: torch.Tensor, det) -> torch.Tensor:
@@ -287,23 +297,39 @@ def pixel_knn_scores(split: Split, k: int, device) -> np.ndarray:
     return knn_scores(queries, bank, k).cpu().numpy()
 
 
-def fsde_auroc(task: Task, normal_scores: np.ndarray, score, path: str) -> float:
+# --- the CIFAR-10 evaluations (--nnd, --fsde) ----------------------------------------------------------------
+
+def check_cifar10_evaluations(config: ConfigDict, nnd: bool, fsde: str | None) -> None:
+    """--nnd and --fsde are CIFAR-10 benchmarks: refused on any other dataset (the CLI asks before training)."""
+    for option, asked, what in (("--nnd", nnd, "the near-distribution evaluation"),
+                                ("--fsde", fsde, "CIFAR-10-FSDE")):
+        if asked and config.data.name != "cifar10":
+            raise FitmError(f"{option}: {what} is defined for --dataset cifar10 only, not {config.data.name}")
+
+
+def cifar10_evaluations(task: Task, normal_scores: np.ndarray, score: Callable, nnd: bool, fsde: str | None
+                        ) -> dict:
+    """The results of the evaluations asked for: 'nnd' (its summary; the table goes to nnd.csv), 'fsde_auroc'."""
+    results = {}
+    if nnd:
+        results["nnd"] = near_distribution_table(task, normal_scores, score)
+    if fsde:
+        results["fsde_auroc"] = fsde_auroc(task, normal_scores, score, fsde)
+    return results
+
+
+def fsde_auroc(task: Task, normal_scores: np.ndarray, score: Callable, path: str) -> float:
     """CIFAR-10-FSDE: the normal test class against the 1,000 fakes of that class in the benchmark file."""
-    config = task.config
-    if config.data.name != "cifar10":
-        raise FitmError("--fsde: CIFAR-10-FSDE is defined for --dataset cifar10 only")
-    index = class_names(config.data).index(task.split.class_name)
+    index = class_names(task.config.data).index(task.split.class_name)
     fakes = slice_class(load_fakes(path, what=f"--fsde {path}"), index, FIXED_CLASS_COUNTS["cifar10"],
                         f"--fsde {path}")
     labels = np.r_[np.zeros(len(normal_scores), np.int64), np.ones(len(fakes), np.int64)]
     return compute_metrics(np.concatenate([normal_scores, score(fakes)]), labels)["auroc"]
 
 
-def near_distribution_table(task: Task, normal_scores: np.ndarray, score) -> dict:
+def near_distribution_table(task: Task, normal_scores: np.ndarray, score: Callable) -> dict:
     """NND: the normal CIFAR-10 test class against each CIFAR-100 fine class separately."""
     data = task.config.data
-    if data.name != "cifar10":
-        raise FitmError("--nnd: the near-distribution evaluation is defined for --dataset cifar10 only")
     images, fine_labels, fine_names = cifar100_fine_test(data.root, data.download, data.image_size)
     anomaly_scores = score(images)
     table = {}
@@ -316,6 +342,8 @@ def near_distribution_table(task: Task, normal_scores: np.ndarray, score) -> dic
     worst = min(table, key=table.get)
     return {"min_auroc": table[worst], "min_class": worst, "mean_auroc": float(np.mean(list(table.values())))}
 
+
+# --- across classes -----------------------------------------------------------------------------------------
 
 def write_summary(out, dataset: str, results: list[dict]) -> str:
     """summary.csv across classes and the same table as text: per-class AUROC and the mean."""
