@@ -9,7 +9,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from fitm.commands import check_split, resolve_config
-from fitm.config import has_key, load_config, validate_config
+from fitm.config import finite_number, has_key, load_config, validate_config
 from fitm.errors import FitmError
 
 
@@ -67,8 +67,7 @@ class Detector:
                       test_groups=np.empty(0, str), test_paths=None, class_name="normal")
         check_split(self.config, split)
         task = stages.Task(run=Run(self.workdir), config=self.config, split=split, runtime=self._runtime())
-        task.run.open()
-        with task.runtime.log_file(task.run.log_file):
+        with task.run, task.runtime.log_file(task.run.log_file):
             if fakes is None:
                 fakes = stages.generate(task)
             elif isinstance(fakes, (str, Path)):
@@ -110,21 +109,33 @@ class Detector:
 
     def predict(self, images, threshold: float | None = None, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, anomalous): the scores and whether each exceeds the threshold (the fitted one by default)."""
+        threshold = self.threshold if threshold is None else finite_number(threshold, "predict: threshold")
         scores = self.score(images, resize)
-        return scores, scores > (self.threshold if threshold is None else threshold)
+        return scores, scores > threshold
 
     # --- saving -------------------------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
-        """config.json, detector/model.pt and detector/bank.pt in `folder`: what Detector.load needs."""
+        """config.json, detector/model.pt and detector/bank.pt in `folder`: what Detector.load needs. A detector
+        saved there before is replaced with what it left (its predictions.csv, its detector.onnx); a folder that
+        holds a run (fakes, scores, a report: files that would describe another model) is refused."""
         from fitm.run import Run
 
         self._require_fitted()
         run = Run(folder)
-        run.open()
-        run.save_config(self.config)
-        run.save_detector(self._model.state_dict(), "saved", {})
-        run.save_bank(self._bank, self._threshold, self._image_shape)
+        if run.dir.exists() and not run.dir.is_dir():
+            raise FitmError(f"save: folder={str(folder)!r} is a file (expected a folder to save the detector in)")
+        if run.dir.resolve() == self.workdir.resolve():
+            return run.dir  # this detector's own folder (fit's workdir, load's folder) holds it already
+        if found := run.holds_run():
+            raise FitmError(f"save: folder={str(folder)!r} holds a fitm run ({', '.join(found[:3])}), whose files "
+                            "would then describe another model (expected a new or empty folder, or one written by "
+                            "Detector.save)")
+        with run:
+            run.save_config(self.config)
+            run.save_detector(self._model.state_dict(), "saved", {})
+            run.save_bank(self._bank, self._threshold, self._image_shape)
+            run.clear_derived()
         return run.dir
 
     @classmethod
@@ -137,8 +148,8 @@ class Detector:
         config = run.load_config()
         saved = run.load_detector()
         if saved is None:
-            raise FitmError(f"--run {run.dir}: no readable trained detector (detector/model.pt); run `fitm detect` or "
-                            "`fitm pipeline` first")
+            raise FitmError(f"{run.dir}: no readable trained detector (detector/model.pt); run `fitm detect` or "
+                            "`fitm pipeline` first, or Detector.save")
         bank = run.load_bank()
         detector = cls(config, workdir=run.dir, quiet=quiet)
         model = create_architecture(config.detector)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -168,7 +170,7 @@ def export(run_path, fmt, out_path):
     from fitm.api import Detector
     from fitm.export import export_onnx
 
-    path = export_onnx(Detector.load(run_path, quiet=True), out_path or Path(run_path) / "detector.onnx")
+    path = export_onnx(Detector.load(run_path, quiet=True), out_path or Path(run_path) / "detector.onnx", "--out")
     click.echo(f"exported to {path} (input 'images': uint8 N x H x W x 3; outputs 'scores', 'anomalous')")
 
 
@@ -186,8 +188,13 @@ def main(argv=None) -> None:
     torchrun, a rank whose peer stopped says so in one line and stops too (exit 2), instead of waiting."""
     code = 0
     console = _console_warnings()
+    handlers = _stop_on_signals()
     try:
         code = cli.main(args=argv, standalone_mode=False)
+    except Stopped as e:
+        click.echo(f"Error: stopped by {e.signal.name}; every file written so far is whole, and the same command "
+                   "resumes from it", err=True)
+        code = 128 + e.signal
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         code = 130
@@ -204,6 +211,8 @@ def main(argv=None) -> None:
                    f"stopping too ({type(e).__name__})", err=True)
         code = 2
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         if console is not None:
             console.close()
             logging.getLogger("fitm").removeHandler(console)
@@ -212,6 +221,28 @@ def main(argv=None) -> None:
 
             shutdown()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: raised where the program is, so that temporary files are removed on the way out
+    (a BaseException, which no `except Exception` on the way takes for an error of its own)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM and SIGINT end the command through Stopped; returns the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        for other in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)  # a second signal does not interrupt the way out
+        raise Stopped(signum)
+
+    return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _console_warnings() -> logging.Handler | None:

@@ -87,8 +87,7 @@ def _one_class(config: ConfigDict, name: str, out, runtime, work: Callable, befo
     task = stages.Task(run=run, config=config, split=split, runtime=runtime)
     if before_work is not None:
         before_work(task)
-    run.open()
-    with runtime.log_file(run.log_file):
+    with run, runtime.log_file(run.log_file):
         log.info("run %s: %d normal training images, %d test images, device %s, %d process(es)", run.dir,
                  len(split.normal_train), len(split.test_images), runtime.device, runtime.world_size)
         result = work(task)

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import math
+import numbers
 from pathlib import Path
 
 from ml_collections import ConfigDict
@@ -162,6 +163,14 @@ def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def finite_number(value, what: str) -> float:
+    """`value` as a float when it is a finite real number; NaN, infinities, strings and booleans are refused:
+    compared with a score, each would give a silent, meaningless answer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise FitmError(f"{what}={value!r}: expected a finite number")
+    return float(value)
+
+
 def _in_range(lo, hi, lo_open=False, hi_open=False):
     def check(v):
         return _number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -251,7 +260,8 @@ def validate_config(config: ConfigDict, source: str = "config") -> ConfigDict:
     snapshots = sorted(set(config.training.snapshot_iters) | {config.training.n_iters})
     if config.fakes.checkpoint.isdigit() and int(config.fakes.checkpoint) not in snapshots:
         raise FitmError(f"{source}: fakes.checkpoint={config.fakes.checkpoint!r}, expected 'auto', 'last' or one of "
-                        f"the snapshot iterations {snapshots}")
+                        f"the snapshot iterations {snapshots} (training.snapshot_iters="
+                        f"{tuple(config.training.snapshot_iters)}, training.n_iters={config.training.n_iters})")
     if config.sampling.corrector != "none" and config.sampling.method not in ("euler_maruyama", "reverse_diffusion"):
         raise FitmError(f"{source}: sampling.corrector={config.sampling.corrector!r} needs sampling.method "
                         f"euler_maruyama or reverse_diffusion, not {config.sampling.method!r}")

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from fitm import report
 from fitm.api import Detector
+from fitm.config import finite_number
 from fitm.data import list_images, load_split
 from fitm.errors import FitmError
 from fitm.io import save_csv
-from fitm.run import Run
+from fitm.run import Run, refuse_artifact
 from fitm.runtime import log
 
 
@@ -28,8 +29,11 @@ def _image_paths(paths: list[Path]) -> list[Path]:
 def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: bool, csv_path: Path,
             quiet: bool = False):
     """One row per image: path, score, verdict (anomalous when score > threshold), also written to csv_path."""
+    if threshold is not None:
+        threshold = finite_number(threshold, "--threshold")
     if csv_path.is_dir():
         raise FitmError(f"--csv {csv_path}: is a folder (expected the path of the CSV file to write)")
+    refuse_artifact(csv_path, "--csv", own=("predictions.csv",))
     detector = Detector.load(run_dir, quiet=quiet)
     files = _image_paths(paths)
     scores, anomalous = detector.predict(files, threshold, resize)
@@ -37,8 +41,8 @@ def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: b
             for p, s, a in zip(files, scores, anomalous)]
     try:
         save_csv(rows, csv_path)
-    except OSError as e:
-        raise FitmError(f"--csv {csv_path}: cannot be written ({e.strerror or e})") from None
+    except FitmError as e:
+        raise FitmError(f"--csv {e}") from None
     log.info("predict: %d images scored, written to %s", len(rows), csv_path)
     return rows, detector.threshold if threshold is None else threshold
 
