@@ -32,22 +32,23 @@ from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde.early_stop import AutoChoice  # noqa: E402
 
 
-def class_row(run: Run, config, patience: int, runtime: Runtime) -> dict:
-    config = copy.deepcopy(config)
-    config.fakes.patience = patience
+def class_rows(run: Run, config, patiences: list[int], runtime: Runtime) -> list[dict]:
+    """Every snapshot measured once; for each patience, where training would have stopped and what it chose."""
     split = load_split(config.data)
     steps = run.sde.steps()
     auto = AutoChoice(run.sde, split.normal_train, config, runtime)
-    stopped = None
     for step in steps:
-        if auto.observe(step) and stopped is None:
-            stopped = (step, auto.step)
-    full = auto.step
-    stopped_at, early_choice = stopped or (steps[-1], full)
-    return {"class": split.class_name, "seed": config.seed, "patience": patience, "snapshots": " ".join(map(str, steps)),
-            "nearness": " ".join(f"{r['nearness']:.3f}" for r in auto.table), "choice_all": full,
-            "trained_all": steps[-1], "choice_patience": early_choice, "trained_patience": stopped_at,
-            "same": early_choice == full}
+        auto.observe(step)
+    rows = []
+    for patience in patiences:
+        settled = next((i for i in range(patience, len(steps)) if auto.choices[i] is not None
+                        and len(set(auto.choices[i - patience:i + 1])) == 1), len(steps) - 1)
+        rows.append({"class": split.class_name, "seed": config.seed, "patience": patience,
+                     "snapshots": " ".join(map(str, steps)),
+                     "nearness": " ".join(f"{r['nearness']:.3f}" for r in auto.table), "choice_all": auto.step,
+                     "trained_all": steps[-1], "choice_patience": auto.choices[settled],
+                     "trained_patience": steps[settled], "same": auto.choices[settled] == auto.step})
+    return rows
 
 
 def main() -> None:
@@ -80,10 +81,10 @@ def main() -> None:
             if args.smoke:
                 run.open()
                 stages.generate(stages.Task(run=run, config=config, split=load_split(config.data), runtime=runtime))
-            for patience in args.patience:
-                rows.append(class_row(run, config, patience, runtime))
-                print(json.dumps(rows[-1]), flush=True)
-                save_csv(rows, args.out / "auto_stop.csv")
+            for row in class_rows(run, config, args.patience, runtime):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            save_csv(rows, args.out / "auto_stop.csv")
     for patience in args.patience:
         mine = [r for r in rows if r["patience"] == patience]
         print(f"patience {patience}: {sum(r['same'] for r in mine)} of {len(mine)} class runs choose the same "
