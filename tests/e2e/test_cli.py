@@ -48,9 +48,9 @@ def digits_run(tmp_path_factory):
 
 
 def test_pipeline_writes_every_artifact(digits_run):
+    assert not (digits_run / "sde/ckpt_20.pt").exists()  # fakes.checkpoint 10 of 20: training stopped there
     for name in ["config.json", "fitm.log", "fakes.npy", "fakes.json", "fakes.png", "sde/ckpt_10.pt",
-                 "sde/ckpt_20.pt", "sde/samples_10.png", "sde/samples_20.png", "detector/model.pt",
-                 "detector/bank.pt", "detector/train_log.csv", "scores.csv", "metrics.json", "roc.png",
+                 "sde/samples_10.png", "detector/model.pt", "detector/bank.pt", "detector/train_log.csv", "scores.csv", "metrics.json", "roc.png",
                  "scores_hist.png", "extremes.png", "report.html"]:
         assert (digits_run / name).is_file(), name
     fakes = np.load(digits_run / "fakes.npy", allow_pickle=False)
@@ -85,7 +85,7 @@ def test_report_redraws_pictures_and_html(digits_run, capsys):
     (digits_run / "report.html").unlink()
     code, out, _ = run_cli(capsys, "report", str(digits_run))
     assert code == 0 and "report.html" in out
-    pictures = ["roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png", "sde/samples_20.png"]
+    pictures = ["roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png"]
     page = (digits_run / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for name in pictures:
@@ -349,11 +349,12 @@ def test_extending_training_from_the_command_continues_from_the_newest_checkpoin
     args = ["generate", "--config", TINY, "--class", "5", "--out", str(tmp_path), "--quiet"]
     code, _, err = run_cli(capsys, *args)
     assert code == 0, err
-    code, _, err = run_cli(capsys, *args, "--set", "training.n_iters=30", "--set", "training.snapshot_iters=(10, 20)")
+    code, _, err = run_cli(capsys, *args, "--set", "training.n_iters=30", "--set", "training.snapshot_iters=(10, 20)",
+                           "--set", "fakes.checkpoint=last")
     assert code == 0, err
     run = tmp_path / "digits" / "5"
     log = (run / "fitm.log").read_text()
-    assert "resuming from" in log and "ckpt_20.pt" in log and "discarding" not in log
+    assert "resuming from" in log and "ckpt_10.pt" in log and "discarding" not in log
     assert sorted(p.name for p in (run / "sde").glob("ckpt_*.pt")) == ["ckpt_10.pt", "ckpt_20.pt", "ckpt_30.pt"]
 
 
