@@ -250,8 +250,11 @@ class Run:
             os.close(fd)
             raise FitmError(f"{self.dir}: another fitm process (PID {holder}) is writing this run; wait for it to "
                             "end, or stop it, then run the same command again") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # a full disk: the lock holds without the PID, and the first artifact written says "no space"
         _held_locks[key] = fd
 
     def holds_run(self) -> list[str]:

@@ -209,7 +209,7 @@ class Runtime:
             return
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(path)
+            handler = _LogFile(path)
         except OSError as e:
             raise FitmError(f"{path}: cannot write the run's log there ({e.strerror or e})") from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -220,6 +220,14 @@ class Runtime:
         finally:
             log.removeHandler(handler)
             handler.close()
+
+
+class _LogFile(logging.FileHandler):
+    """fitm.log, whose lines are dropped when they cannot be written (a full disk), instead of logging's traceback
+    on stderr for each: the artifact write that fails says it in one line."""
+
+    def handleError(self, record) -> None:
+        pass
 
 
 def shutdown() -> None:

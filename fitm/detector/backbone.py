@@ -6,6 +6,7 @@ timm families go through the same four functions: build, reset the head, freeze 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import timm
@@ -154,7 +155,9 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
 
             state = safetensors.torch.load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on a pickle's protocol: the error below says more
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch and safetensors raise many types; their text (the unpickler's) says less than this
         raise FitmError(f"detector.pretrained: {path} is not a readable weights file: it looks like "
                         f"{_apparent_kind(path)}; expected {ACCEPTED}") from None
@@ -196,7 +199,7 @@ def _apparent_kind(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(512)
     kinds = ((b"PK\x03\x04", _ZIP), (b"\x80", "a Python pickle of objects other than tensors (not loaded: "
-                                                    "unpickling them would run their code)"),
+                                                    "loading them would run their code)"),
              (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x93NUMPY", "a numpy .npy array"),
              (b"\x1f\x8b", "a gzip file"))
     if not head:
