@@ -5,6 +5,7 @@ same stage calls on its share of the work; only the main rank writes."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,10 @@ from fitm import report
 from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
+from fitm.detector.evaluate import auroc_per_group, confusion
 from fitm.detector.evaluate import metrics as compute_metrics
+from fitm.detector.maps import NoPatchTokens, anomaly_maps, patch_bank
+from fitm.detector.pixel_metrics import aupro, pixel_auroc
 from fitm.detector.train import extract_features, linear_probe, train_discriminator
 from fitm.errors import FitmError
 from fitm.knn import knn_scores, leave_one_out_scores, pixel_vectors
@@ -45,6 +49,7 @@ class Task:
 def generate(task: Task, force: bool = False) -> np.ndarray:
     """Train the score model on the normal class, then sample fakes from the chosen early-stop checkpoint."""
     run, config, split, runtime = task.run, task.config, task.split, task.runtime
+    start = time.perf_counter()
     key = fakes_key(config, split)
     if not force and (fakes := run.load_fakes(key)) is not None:
         log.info("generate: %s is up to date, skipped", run.path("fakes.npy"))
@@ -90,6 +95,7 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
     log.info("generate: wrote %d fakes from step %d to %s: %.1f%% degenerate (normal images: %.1f%%), nearness "
              "%.2f", count, step, run.path("fakes.npy"), 100 * meta["degenerate_fraction"],
              100 * meta["normal_degenerate_fraction"], meta["nearness"])
+    run.record_duration("generate", time.perf_counter() - start)
     return fakes
 
 
@@ -139,6 +145,7 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     """Fine-tune the backbone to tell normal (0) from fake (1); kept in detector/model.pt with its end-of-training
     figures (the summary: final accuracy, epochs, steps)."""
     run, config, runtime, det = task.run, task.config, task.runtime, task.config.detector
+    start = time.perf_counter()
     train_images, _ = holdout(task.split.normal_train, det.holdout_fraction, config.seed)
     key = detector_key(config, task.split, fakes)
     if not force and (saved := run.load_detector(key)) is not None:
@@ -160,6 +167,7 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     run.save_detector(model.state_dict(), key, summary)
     log.info("detect: saved the discriminator to %s (accuracy %.3f, balanced %.3f, on normal vs fake in its last "
              "epoch)", run.path("detector/model.pt"), summary["final_accuracy"], summary["final_balanced_accuracy"])
+    run.record_duration("detect", time.perf_counter() - start)
     return model.eval(), summary
 
 
@@ -195,7 +203,9 @@ def fit_bank(task: Task, model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
 def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
     """kNN scores of the test set against the normal training features; metrics, scores.csv, pictures."""
     run, split, runtime, det = task.run, task.split, task.runtime, task.config.detector
+    start = time.perf_counter()
     bank, threshold = fit_bank(task, model)
+    patches = fit_patch_bank(task, model)
     score = lambda images: knn_scores(_finite(extract_features(model, images, det, runtime), det), bank,
                                       det.k).cpu().numpy()
 
@@ -206,6 +216,9 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
                                                 split.test_labels)["auroc"]
     result["detector"] = summary
     result.update(threshold)
+    result["confusion"] = confusion(test_scores, split.test_labels, threshold["threshold"])
+    result["auroc_per_defect"] = auroc_per_group(test_scores, split.test_labels, split.test_groups)
+    test_maps = localize(task, model, patches, result)
     if result["pixel_knn_auroc"] > result["auroc"]:
         log.warning("evaluate: kNN on the raw pixels scores higher on this test set (AUROC %.4f against %.4f)",
                     result["pixel_knn_auroc"], result["auroc"])
@@ -227,9 +240,47 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
         for i in range(len(test_scores))
     ]
     run.save_results(result, rows)
+    run.record_duration("evaluate", time.perf_counter() - start)
     if run.writer:
-        report.draw(run, test_images=split.test_images)
+        maps_of = None if patches is None else (
+            lambda index: test_maps[index] if test_maps is not None else
+            anomaly_maps(model, split.test_images[index], patches, det, runtime))
+        report.draw(run, test_images=split.test_images, maps_of=maps_of, masks=split.test_masks,
+                    config=task.config)
     return result
+
+
+def fit_patch_bank(task: Task, model: torch.nn.Module) -> torch.Tensor | None:
+    """The normal training images' patch tokens that anomaly maps are scored against, saved in detector/patches.pt;
+    None (with one log line) for a backbone without patch tokens or a feature map."""
+    det = task.config.detector
+    bank_images, _ = holdout(task.split.normal_train, det.holdout_fraction, task.config.seed)
+    try:
+        patches = patch_bank(model, bank_images, det, task.runtime, task.config.seed)
+    except NoPatchTokens as e:
+        log.warning("maps: %s; no anomaly maps or pixel metrics for this run", e)
+        patches = None
+    task.run.save_patch_bank(patches)
+    return patches
+
+
+def localize(task: Task, model: torch.nn.Module, patches: torch.Tensor | None, result: dict) -> np.ndarray | None:
+    """Where the dataset has masks: the anomaly maps of every test image, and their pixel AUROC and AUPRO (FPR up to
+    0.3) added to `result`; the maps are returned for the report."""
+    split = task.split
+    if split.test_masks is None:
+        log.info("evaluate: the test set has no ground-truth masks; image metrics only")
+        return None
+    if patches is None:
+        return None
+    maps = anomaly_maps(model, split.test_images, patches, task.config.detector, task.runtime)
+    if not split.test_masks.any():
+        log.warning("evaluate: every ground-truth mask is empty; no pixel metrics")
+        return maps
+    result["pixel_auroc"], result["aupro"] = pixel_auroc(maps, split.test_masks), aupro(maps, split.test_masks)
+    log.info("evaluate: pixel AUROC %.4f, AUPRO %.4f (FPR up to 0.3) over %d test images", result["pixel_auroc"],
+             result["aupro"], len(maps))
+    return maps
 
 
 def _finite(features: torch.Tensor, det) -> torch.Tensor:
