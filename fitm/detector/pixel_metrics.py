@@ -13,7 +13,8 @@ from fitm.errors import FitmError
 # Pixel AUROC on more pixels than this takes an evenly spaced subsample of them (a fixed stride: deterministic).
 MAX_AUROC_PIXELS = 20_000_000
 # Connected regions of a mask are 8-connected, as in MVTec AD's evaluation code; regions never span two images.
-_EIGHT_CONNECTED = np.ones((1, 3, 3), bool)
+_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)
+_EIGHT_CONNECTED[1] = True
 
 
 def _check(maps, masks) -> tuple[np.ndarray, np.ndarray]:
