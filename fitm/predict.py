@@ -93,6 +93,6 @@ def redraw_report(run_dir: Path) -> Path:
         report.draw(run, None, config=config)
         return run.path("report.html")
     detector = Detector.load(run_dir, quiet=True)
-    maps_of = None if detector._patches is None else detector.anomaly_map
+    maps_of = None if detector._patches is None else lambda index: detector.anomaly_map(split.test_images[index])
     report.draw(run, split.test_images, maps_of=maps_of, masks=split.test_masks, config=config)
     return run.path("report.html")

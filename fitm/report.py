@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
@@ -106,9 +107,10 @@ def save_heatmaps(rows: list[tuple[str, np.ndarray]], images: np.ndarray, maps: 
                 if masks is not None and masks[i].any():
                     ax.contour(masks[i], levels=[0.5], colors="white", linewidths=0.8)
                 ax.set_title(f"{scores[i]:.3g}\n{groups[i]}", fontsize=7)
-        axes[r, 0].set_title(title, fontsize=9, loc="left", pad=24)
+        axes[r, 0].text(-0.12, 0.5, textwrap.fill(title, 14), transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=9)
     mappable = plt.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(low, high))
-    fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01, label="patch kNN distance")
+    fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01, label="anomaly map (patch kNN distance)")
     _save_figure(fig, path)
 
 
@@ -194,6 +196,7 @@ def warnings(metrics: dict) -> list[str]:
     return notes
 
 
+_STAGES = ("generate", "detect", "evaluate")
 # The headline figures, in this order; the rest of metrics.json follows them.
 _HEADLINE = ("auroc", "pixel_auroc", "aupro", "aupr", "fpr95", "pixel_knn_auroc", "n_train", "n_test")
 # Files of the run that report.html links to, when present.
@@ -251,7 +254,8 @@ def _durations_table(run: Run) -> str:
     if not durations:
         return ""
     body = "".join(f"<tr><th>{html.escape(stage)}</th><td>{_duration(d['seconds'])}</td><td>{html.escape(d['finished'])}"
-                   "</td></tr>" for stage, d in durations.items())
+                   "</td></tr>" for stage, d in sorted(durations.items(), key=lambda item: _STAGES.index(item[0])
+                                                       if item[0] in _STAGES else len(_STAGES)))
     return ("<h2>Stages</h2><p>How long each stage took when it last ran (a stage found up to date keeps the time of "
             f"the run that made its outputs).</p><table><tr><th>stage</th><th>duration</th><th>finished</th></tr>"
             f"{body}</table>")

@@ -294,7 +294,7 @@ class Run:
         """durations.json: how long each stage took when it last ran (a stage found up to date keeps its entry)."""
         if self.writer:
             durations = self.durations()
-            durations[stage] = {"seconds": round(seconds, 2), "finished": datetime.now().isoformat(timespec="seconds")}
+            durations[stage] = {"seconds": round(seconds, 2), "finished": datetime.now().isoformat(sep=" ", timespec="seconds")}
             save_json(durations, self.dir / "durations.json")
 
     def durations(self) -> dict:
