@@ -7,6 +7,7 @@ batch 16). Then feature extraction images/s both ways, and kNN queries/s.
 
     python benchmarks/detector.py                       # GPU: ViT-B/16 at 224; CPU: a small ViT, ~2 min
     python benchmarks/detector.py --device cpu --images 256
+    OMP_NUM_THREADS=1 python benchmarks/detector.py --smoke   # a tiny ViT on the CPU, in seconds: checks the script
 """
 
 from __future__ import annotations
@@ -149,7 +150,12 @@ def main():
     parser.add_argument("--knn-bank", type=int, default=None, help="default 50000 on GPU, 5000 on CPU")
     parser.add_argument("--knn-queries", type=int, default=None, help="default 10000 on GPU, 1000 on CPU")
     parser.add_argument("--knn-dim", type=int, default=768, help="feature size (ViT-B/16: 768)")
+    parser.add_argument("--smoke", action="store_true", help="a 2-block ViT on the CPU and a few images: checks the "
+                                                             "script, not speed")
     args = parser.parse_args()
+    if args.smoke:
+        args.device, args.img_size, args.images, args.batch_size = "cpu", 32, 64, 16
+        args.ref_steps, args.knn_bank, args.knn_queries, args.knn_dim = 2, 256, 64, 64
 
     logging.getLogger("fitm").setLevel(logging.ERROR)  # the random-weights warning is expected here
     device = Runtime.local(args.device).device
@@ -158,6 +164,9 @@ def main():
     cfg = get_config().detector
     cfg.pretrained, cfg.needs_pretrained = "none", False
     cfg.backbone = args.backbone or ("vit_base_patch16_224" if gpu else "vit_tiny_patch16_224")
+    if args.smoke:
+        cfg.arch.update(patch_size=8, depth=2, embed_dim=64, num_heads=2)
+        cfg.frozen_blocks = 1
     cfg.img_size = args.img_size or (224 if gpu else 64)
     cfg.resize = args.resize or round(cfg.img_size * 8 / 7)
     cfg.batch_size = args.batch_size

@@ -4,6 +4,7 @@ several samplers, beside the same figures for the normal training images.
 
     OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 3 --out runs/fakes-study
     OMP_NUM_THREADS=1 python benchmarks/fakes.py --classes 0 --samplers em50 ddim50 --clip on
+    OMP_NUM_THREADS=1 python benchmarks/fakes.py --smoke     # the same code on tiny synthetic data, in seconds
 
 The score model of each class is trained (or reused) in <out>/cifar10/<class>/ exactly as `fitm generate`
 does; each snapshot x sampler cell draws --count fakes with the same seed. Writes <out>/fakes.csv, fakes.md
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from fitm.sde.sampling import nfe  # noqa: E402
 from fitm.sde.train import ema_model, generate_fakes, train_score_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
+from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 SAMPLERS = {
     "em50": dict(method="euler_maruyama", steps=50, corrector="none"),
@@ -132,7 +134,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "fakes-study")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="airplane, one sampler, 8 fakes, on tiny synthetic "
+                                                             "data and a few steps, in a temporary folder: checks "
+                                                             "the script, measures nothing")
     args = parser.parse_args()
+    if not args.smoke:
+        return measure(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "out"
+        args.classes, args.samplers, args.count, args.quiet = ["0"], ["em50"], 8, True
+        args.overrides = SMOKE_OVERRIDES + args.overrides
+        measure(args)
+
+
+def measure(args) -> None:
     base = apply_overrides(load_config(path=args.config), args.overrides)
     if base.data.name == "cifar10":
         base.data.root = str(cifar_tree(args.data))

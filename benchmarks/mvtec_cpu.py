@@ -4,6 +4,7 @@ the counts and image size of MVTec's largest common one (bottle: 209 normal trai
 
     python benchmarks/mvtec_cpu.py                    # all cores
     OMP_NUM_THREADS=2 python benchmarks/mvtec_cpu.py --train 400
+    OMP_NUM_THREADS=1 python benchmarks/mvtec_cpu.py --smoke     # 8 images of 64 px, a few steps: checks the script
 
 Prints the minutes of the whole `fitm pipeline` and of its stages (from fitm.log), and the pixel AUROC and AUPRO
 of its anomaly maps against the masks of the pasted blots: a check that the maps run and find planted defects at
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SMOKE_OVERRIDES  # noqa: E402
+
 TEST_GROUPS = {"good": 20, "broken_large": 20, "broken_small": 22, "contamination": 21}
 
 
@@ -75,7 +78,11 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=209, help="normal training images (MVTec: 60-391)")
     parser.add_argument("--size", type=int, default=900, help="side of the synthetic images")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--smoke", action="store_true", help="8 training images of 64 px and a few steps: checks "
+                                                             "the script, measures nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.train, args.size, args.overrides = 8, 64, SMOKE_OVERRIDES + args.overrides
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "mvtec"
         synthetic_category(root / "bottle", args.train, args.size)

@@ -2,6 +2,7 @@
 (onnxruntime), on the same images, each measured in this run.
 
     OMP_NUM_THREADS=1 python benchmarks/predict.py --run runs/digits/0 --images 2000
+    OMP_NUM_THREADS=1 python benchmarks/predict.py --smoke   # a few-step digits run of its own, in seconds
 
 Writes --images synthetic PNGs of the run's size to a temporary folder, then times: the whole `fitm predict`
 path (load the run, read the files, score, verdicts), PyTorch scoring of the images already in memory, the
@@ -11,6 +12,7 @@ export, and onnxruntime on the same in-memory images and on the files (read with
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,11 @@ from PIL import Image
 
 import fitm
 from fitm.data.images import read_image
+from fitm.cli import cli
 from fitm.export import export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SMOKE_OVERRIDES  # noqa: E402
 
 
 def timed(fn):
@@ -31,10 +37,24 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a finished run folder (fitm pipeline/detect)")
+    parser.add_argument("--run", type=Path, help="a finished run folder (fitm pipeline/detect)")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256, help="onnxruntime batch")
+    parser.add_argument("--smoke", action="store_true", help="64 images scored by a digits run of a few steps, made "
+                                                             "in a temporary folder: checks the script, not speed")
     args = parser.parse_args()
+    if not args.smoke:
+        if args.run is None:
+            parser.error("--run is required (or --smoke)")
+        return measure(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        cli.main(["pipeline", "--dataset", "digits", "--class", "0", "--out", tmp, "--quiet",
+                  *[part for o in SMOKE_OVERRIDES for part in ("--set", o)]], standalone_mode=False)
+        args.run, args.images, args.batch = Path(tmp) / "digits" / "0", 64, 32
+        measure(args)
+
+
+def measure(args) -> None:
     import onnxruntime as ort
 
     detector = fitm.Detector.load(args.run, quiet=True)

@@ -8,7 +8,7 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
 - fitm: end to end (score model, the snapshot the config chooses, the detector fine-tuned on its fakes);
 - late_fakes / noised_normals / blurred_normals: the same detector fine-tuned on other "fakes": the last
   snapshot's (fitm's own when the config takes the last, as configs/cifar10_cpu.py does), Gaussian-noised
-  normals (std 0.1), blurred normals (sigma 1.5 px);
+  normals (fakes.noise_std, 0.1 of the range), blurred normals (fakes.blur_sigma, 1.5 px): fakes.source's kinds;
 - pixel_knn: kNN on raw pixels.
 
 `--study` adds the early-stop study: the detector fine-tuned on every snapshot's fakes, beside the config's choice.
@@ -17,6 +17,7 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
     OMP_NUM_THREADS=1 python benchmarks/quality.py --pretrained runs/pretrained/vit_c10_5to9.pth \\
         --classes 0 1 2 3 4 --seeds 0 1 --study --out runs/quality-pretrained
     python benchmarks/quality.py --merge runs/q-a/quality.csv runs/q-b/quality.csv --out runs/quality
+    OMP_NUM_THREADS=1 python benchmarks/quality.py --smoke    # the same code on tiny synthetic data, in seconds
 
 Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict),
 study.csv/md, and prints the tables; each class's run folders under <out> keep every stage, so a rerun redoes
@@ -29,19 +30,19 @@ import argparse
 import copy
 import csv
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.transforms.v2.functional import gaussian_blur
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED_DATA, cifar_tree  # noqa: E402
+from common import REPO, SHARED_DATA, SMOKE_OVERRIDES, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 from fitm import stages  # noqa: E402
 from fitm.config import apply_overrides, load_config, validate_config  # noqa: E402
 from fitm.data import Split, load_split  # noqa: E402
+from fitm.data.cheap_fakes import cheap_fakes  # noqa: E402
 from fitm.data.cifar import CIFAR10_CLASSES  # noqa: E402
 from fitm.detector.backbone import create_backbone  # noqa: E402
 from fitm.errors import FitmError  # noqa: E402
@@ -50,22 +51,16 @@ from fitm.run import Run  # noqa: E402
 from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde.train import ema_model, generate_fakes  # noqa: E402
 
-NOISE_STD = 0.1 * 255  # Gaussian-noised normals: clearly noisy, structure intact
-BLUR_SIGMA = 1.5  # blurred normals: shapes intact, detail gone
 PROTOCOL_CLASSES = CIFAR10_CLASSES[:5]  # with --pretrained: normal and anomalous classes, never pretrained on
 COLUMNS = ("fitm", "pretrained_knn", "late_fakes", "noised_normals", "blurred_normals", "pixel_knn")
 TRAINED = ("fitm", "late_fakes", "noised_normals", "blurred_normals")
 
 
-def noised(images: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).normal(0, NOISE_STD, images.shape)
-    return np.clip(images + noise, 0, 255).astype(np.uint8)
-
-
-def blurred(images: np.ndarray) -> np.ndarray:
-    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
-    kernel = 2 * int(3 * BLUR_SIGMA) + 1
-    return gaussian_blur(batch, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA]).permute(0, 2, 3, 1).contiguous().numpy()
+def cheap(task: stages.Task, source: str) -> np.ndarray:
+    """The config's fakes.source kind of fakes from this class's normal images (fitm/data/cheap_fakes.py)."""
+    fakes_cfg = copy.deepcopy(task.config.fakes)
+    fakes_cfg.source = source
+    return cheap_fakes(task.split.normal_train, fakes_cfg, len(task.split.normal_train), task.config.seed)[0]
 
 
 def restrict(split: Split, groups, train_limit: int) -> Split:
@@ -115,9 +110,9 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
         row["late_fakes"] = row["fitm"]
     else:
         row["late_fakes"] = trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
-    row["noised_normals"] = (trained_auroc(task, "noised_normals", noised(task.split.normal_train, task.config.seed))
+    row["noised_normals"] = (trained_auroc(task, "noised_normals", cheap(task, "noised"))
                              if "noised_normals" in variants else nan)
-    row["blurred_normals"] = (trained_auroc(task, "blurred_normals", blurred(task.split.normal_train))
+    row["blurred_normals"] = (trained_auroc(task, "blurred_normals", cheap(task, "blurred"))
                               if "blurred_normals" in variants else nan)
     knn = variant(task, "pretrained_knn")
     knn.run.open()
@@ -213,7 +208,22 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="airplane, seed 0, --study, on tiny synthetic data "
+                                                             "and a few steps, in a temporary folder: checks the "
+                                                             "script, measures nothing")
     args = parser.parse_args()
+    if not args.smoke:
+        return measure(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.data, args.out = synthetic_cifar_tree(Path(tmp) / "data"), Path(tmp) / "out"
+        args.classes, args.seeds, args.study, args.quiet = ["0"], [0], True, True
+        args.overrides = SMOKE_OVERRIDES + args.overrides
+        measure(args)
+        args.merge = [args.out / "quality.csv"]
+        measure(args)
+
+
+def measure(args) -> None:
     if args.merge:
         rows = [row for path in args.merge for row in read_rows(path)]
         save_csv(rows, args.out / "quality.csv")

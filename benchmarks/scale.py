@@ -3,6 +3,7 @@ processes, each with its scaling efficiency against one process, all measured in
 
     OMP_NUM_THREADS=1 python benchmarks/scale.py                      # CPU: 1 and 2 processes (gloo)
     python benchmarks/scale.py --procs 1 2 4 8                        # GPUs: one per process (NCCL)
+    OMP_NUM_THREADS=1 python benchmarks/scale.py --smoke              # a few steps of each: checks the script
 
 Class-parallel: `torchrun --nproc_per_node N -m fitm pipeline --class all` on the digits (10 classes, a short
 schedule), timed whole. Data-parallel: the score model's and the detector's training steps at the same global
@@ -20,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SMOKE_OVERRIDES, synthetic_cifar_tree  # noqa: E402
+
 DIGITS_SHORT = ["--set", "training.n_iters=100", "--set", "training.snapshot_iters=(50,)", "--set",
                 "fakes.checkpoint=50", "--set", "detector.epochs=2", "--set", "detector.min_steps=0"]
 
@@ -29,12 +32,12 @@ def torchrun(procs: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
 
 
-def class_parallel(procs: int, out: Path) -> float:
+def class_parallel(procs: int, out: Path, data: list[str], classes: int) -> float:
     """Classes per hour of the whole `--class all` command."""
     start = time.perf_counter()
     subprocess.run([*torchrun(procs), "-m", "fitm", "pipeline", "--dataset", "digits", "--class", "all", "--out",
-                    str(out), "--quiet", *DIGITS_SHORT], check=True, capture_output=True)
-    return 10 * 3600 / (time.perf_counter() - start)
+                    str(out), "--quiet", *data], check=True, capture_output=True)
+    return classes * 3600 / (time.perf_counter() - start)
 
 
 def data_parallel(procs: int, steps: int) -> dict:
@@ -85,14 +88,23 @@ def main() -> None:
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=60, help="timed training steps of each data-parallel part")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="one process, a few steps of everything: checks "
+                                                             "the script, not speed")
     args = parser.parse_args()
     if args.worker:
         return worker(args.steps)
+    data, classes = DIGITS_SHORT, 10
+    if args.smoke:  # the digits config on a two-class synthetic image folder
+        args.procs, args.steps, classes = [1], 2, 2
+        data = [part for o in SMOKE_OVERRIDES + ["data.name=folder"] for part in ("--set", o)]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            data += ["--data-root", str(synthetic_cifar_tree(Path(tmp) / "data", classes=classes))]
         for procs in args.procs:
-            rows.append({"procs": procs, "classes_per_hour": class_parallel(procs, Path(tmp) / f"p{procs}"),
+            rows.append({"procs": procs, "classes_per_hour": class_parallel(procs, Path(tmp) / f"p{procs}", data,
+                                                                            classes),
                          **data_parallel(procs, args.steps)})
             print(f"{procs} process(es) done", file=sys.stderr, flush=True)
     base = rows[0]

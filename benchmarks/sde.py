@@ -3,6 +3,7 @@ fast DDIM sampler against 1000-step Euler-Maruyama, both timed in this run on th
 
     python benchmarks/sde.py                         # GPU: the recipes' batches, bf16
     python benchmarks/sde.py --device cpu            # CPU: small batches and few steps, ~2-3 min
+    OMP_NUM_THREADS=1 python benchmarks/sde.py --smoke   # tiny U-Nets on the CPU, in seconds: checks the script
 
 On CPU the CIFAR-10 numbers come from a small batch and a 5-step DDIM run, and its 1000-step Euler-Maruyama run
 is skipped (it would take hours); the DDIM/EM ratio is then measured on the digits model only.
@@ -64,8 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--smoke", action="store_true", help="tiny U-Nets on the CPU and a few sampler steps: "
+                                                             "checks the script, not speed")
     args = parser.parse_args()
-    device = Runtime.local(args.device).device
+    device = torch.device("cpu") if args.smoke else Runtime.local(args.device).device
     gpu = device.type == "cuda"
     torch.backends.cudnn.benchmark = gpu
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)}, bf16 autocast)" if gpu else
@@ -76,6 +79,11 @@ def main() -> None:
         small = name == "cifar10" and not gpu
         if small:
             config.training.batch_size = 4
+        if args.smoke:
+            config.data.image_size = 16
+            config.model.update(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+            config.sampling.steps = min(config.sampling.steps, 3)
+        em_steps = 4 if args.smoke else 1000
         train_steps, warmup = (30, 5) if gpu else ((2, 1) if small else (5, 1))
         rate, trainer = train_rate(config, device, train_steps, warmup)
         batch = config.training.batch_size
@@ -90,11 +98,12 @@ def main() -> None:
         ddim = sample_rate(ema, config, device, "ddim", ddim_steps, sample_batch)
         print(f"  ddim {ddim_steps:4d} steps {ddim:8.2f} images/s  (batch {sample_batch})")
         if small:
-            print("  euler_maruyama 1000 steps: skipped on CPU for cifar10")
+            print(f"  euler_maruyama {em_steps} steps: skipped on CPU for cifar10")
             continue
-        em = sample_rate(ema, config, device, "euler_maruyama", 1000, sample_batch)
-        print(f"  em   1000 steps {em:8.3f} images/s  (batch {sample_batch})")
-        print(f"  ddim / em       {ddim / em:8.1f}x images/s  (network evaluations: {1001 / (ddim_steps + 1):.1f}x)")
+        em = sample_rate(ema, config, device, "euler_maruyama", em_steps, sample_batch)
+        print(f"  em   {em_steps:4d} steps {em:8.3f} images/s  (batch {sample_batch})")
+        print(f"  ddim / em       {ddim / em:8.1f}x images/s  (network evaluations: "
+              f"{(em_steps + 1) / (ddim_steps + 1):.1f}x)")
 
 
 if __name__ == "__main__":

@@ -27,19 +27,15 @@ def get_config():
     # stand-in protocol, and the last snapshot's fakes did better in 9 of 10, by 0.40 on the mean (-0.26 to
     # +0.68); on the 50- and 200-image sets 'last' gave +0.36 and +0.00 on the mean (BENCHMARKS.md).
     c.fakes.checkpoint = "last"
-    # fakes.count stays at the default: as many fakes as normal images, the authors' equal-sized sets. Half as many
-    # (2,500, to halve the sampling time) gave 0.27 less on the stand-in protocol over four seeds, lower in 16 of 20
-    # class-seeds (BENCHMARKS.md). Sets under 2,500 images get as many fakes as normals either way.
+    # fakes.count stays at the default: as many fakes as normal images, the authors' equal-sized sets.
     c = paper_fine_tuning(c)
     # A deviation from the authors, who start from a random head: the head is first fitted by a linear probe on the
     # backbone's features. On the stand-in protocol (5 classes x 2 seeds) it took fitm from 74.75 to 77.35 against
     # the stand-in's kNN 74.79, higher than the kNN on all five classes (BENCHMARKS.md, linear probe first).
     c.detector.linear_probe = True
-    # A deviation from the paper's half: after the probe, every block is trained. On the protocol (5 classes x 2
-    # seeds) it gave 77.96 against 77.35 with two blocks frozen, 77.89 against 77.34 on a fresh seed, and 0.60 above
-    # noised normals through the same detector (0.08 with two frozen). With every block free, the 1,000 steps
-    # overfit the 50- and 200-image sets (0.11 below the kNN); 300 steps (43 epochs of 50 images and 50 fakes) hold
-    # them level with it or above (+0.10, +0.04). A 5,000-image class and its fakes take 5,000 steps either way.
+    # A deviation from the paper's half: after the probe, every block is trained, for at least 300 steps (small
+    # sets: 300 steps are 43 epochs of 50 images and 50 fakes). A 5,000-image class and its fakes take 5,000 steps
+    # either way.
     c.detector.frozen_blocks = 0
     c.detector.min_steps = 300
     return c

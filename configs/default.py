@@ -49,11 +49,14 @@ def get_config() -> ConfigDict:
     t.channels_last = False  # the U-Net in channels_last memory format (benchmarks/gpu.py measures it on a GPU)
 
     c.sampling = p = ConfigDict()
-    p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim
+    p.method = "ddim"  # euler_maruyama, reverse_diffusion, ode, ddim, dpm_solver
     p.corrector = "none"  # none, langevin
     p.snr = 0.16
     p.corrector_steps = 1
-    p.steps = 100  # predictor steps (ddim: its few steps; ode: ignored, adaptive)
+    p.steps = 100  # predictor steps, one network evaluation each (ode: ignored, adaptive)
+    # dpm_solver: multistep order, 2 or 3. On Gaussian data (tests/unit/test_sde.py) order 2 is the nearer at 10
+    # steps, order 3 at 20.
+    p.order = 2
     p.eps = 1e-3
     p.denoise = True
     # Clip each step's denoised estimate to the data range, as DDPM's sampler does (score_sde's does not): with it,
@@ -64,8 +67,18 @@ def get_config() -> ConfigDict:
     p.ode_tol = 1e-5
 
     c.fakes = f = ConfigDict()
-    f.checkpoint = "5000"  # a snapshot iteration, 'last', or 'auto' (see fitm/sde/early_stop.py)
+    # Where fakes come from: 'sde' (the score model, the method), or made from the normal images without one:
+    # 'noised' (Gaussian noise of std noise_std, 0-255 scale), 'blurred' (blur_sigma px), 'cutpaste' (a patch of
+    # each image pasted elsewhere in it); the yardsticks the score model's fakes must beat (fitm/data/cheap_fakes.py).
+    f.source = "sde"
+    f.noise_std = 25.5
+    f.blur_sigma = 1.5
+    # A snapshot iteration (training stops there), 'last' (trains to training.n_iters), or 'auto' (see
+    # fitm/sde/early_stop.py: it measures each snapshot as it is written and stops training once its choice has
+    # stayed the same over `patience` further snapshots).
+    f.checkpoint = "5000"
     f.auto_ratio = 1.1  # 'auto': earliest snapshot within this factor of the nearest snapshot's nearness
+    f.patience = 1
     f.count = 0  # 0: as many fakes as normal training images; never more (config.fakes_count)
     f.path = ""  # use fakes from this .npy instead of generating them
     # Degenerate fakes (recorded in fakes.json, never filtered): per-image pixel std below flat_std, or mean

@@ -17,9 +17,7 @@ def get_config():
     c.model.ema_rate = 0.999
 
     c.training.batch_size = 64
-    # Kept after the loss became a mean over pixels (airplane, 1,500 steps, BENCHMARKS.md): at lr 2e-4 the snapshots'
-    # fakes stay far from the class (nearness 11.0 at step 250, still 3.4 at 1500); at 3e-3 most unclipped
-    # samples are saturated (59-75% degenerate); 1e-3 gives near fakes from step 500 with the clipped sampler.
+    # 1e-3 gives near fakes from step 500 with the clipped sampler (BENCHMARKS.md, degenerate fakes).
     c.training.lr = 1e-3
     c.training.warmup = 100
     c.training.log_every = 50

@@ -1,134 +1,16 @@
-"""fitm from Python (`Detector`), and the one implementation the `fitm` command calls: resolve and validate a
-config, run the stages for one class or all of them (on one process or as one rank of a torchrun job), and
-score new images with a fitted detector."""
+"""fitm from Python: `Detector` fits on normal images, then scores and predicts new ones, and saves and loads
+itself (a run folder of the `fitm` command loads the same way)."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from fitm.config import apply_overrides, has_key, load_config, validate_config
+from fitm.commands import check_split, resolve_config
+from fitm.config import finite_number, has_key, load_config, validate_config
 from fitm.errors import FitmError
-
-
-def resolve_config(dataset: str | None, config_path: str | None, overrides=(), settings: dict | None = None
-                   ) -> ConfigDict:
-    """The config of a dataset or file, with `settings` ({'a.b': value}) and `key=value` overrides applied, then
-    validated: a config that cannot run is refused here, before any work and before any file is written."""
-    config = load_config(dataset, config_path)
-    for key, value in (settings or {}).items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    config = apply_overrides(config, overrides)
-    return validate_config(config, "--config " + config_path if config_path else f"--dataset {config.data.name}")
-
-
-def check_evaluation(config: ConfigDict, nnd: bool, fsde: str | None) -> None:
-    """Refuse --nnd / --fsde where they do not apply, and an unreadable --fsde file, before anything trains."""
-    from fitm.data import load_fakes, slice_class
-
-    if nnd and config.data.name != "cifar10":
-        raise FitmError(f"--nnd: the near-distribution evaluation is defined for --dataset cifar10 only, not "
-                        f"{config.data.name}")
-    if fsde:
-        if config.data.name != "cifar10":
-            raise FitmError(f"--fsde: CIFAR-10-FSDE is defined for --dataset cifar10 only, not {config.data.name}")
-        slice_class(load_fakes(fsde, what=f"--fsde {fsde}"), 0, 10, f"--fsde {fsde}")
-
-
-def run_classes(config: ConfigDict, normal_class: str | None, out: str | Path, quiet: bool, work: Callable,
-                needs_generate: bool = True, needs_detector: bool = True) -> str | None:
-    """`work(task)` for the normal class, or for every class with 'all' (then summary.csv is written and its
-    table returned). Under torchrun the classes are shared out over the ranks when there are at least as many
-    as ranks; otherwise every rank takes part in each class."""
-    from fitm import stages
-    from fitm.data import canonical_class, class_names
-    from fitm.runtime import Runtime
-    from fitm.sizing import refuse_gpu_sized_on_cpu
-
-    everything = normal_class == "all"
-    if everything:
-        classes = class_names(config.data)
-    else:
-        config.data.normal_class = str(normal_class) if normal_class is not None else config.data.normal_class
-        classes = [canonical_class(config.data)]
-    runtime = Runtime.from_environment(config.device, quiet)
-    share = runtime.distributed and len(classes) >= runtime.world_size
-    mine = classes[runtime.rank::runtime.world_size] if share else classes
-    local = runtime.alone() if share else runtime
-
-    def before_work(task) -> None:
-        """Once the first class's data is read: the checks that cost seconds, before hours of training."""
-        refuse_gpu_sized_on_cpu(config, runtime.device, generate=needs_generate, detect=needs_detector)
-        if needs_detector:
-            check_backbone(config)
-
-    results = {}
-    for i, name in enumerate(mine):
-        results[name] = _one_class(config, name, out, local, work, before_work if i == 0 else None)
-    if share:
-        results = {k: v for part in runtime.gather_objects(results) for k, v in part.items()}
-    if not everything or not runtime.is_main or any(r is None for r in results.values()):
-        return None
-    return stages.write_summary(out, config.data.name, [results[name] for name in classes])
-
-
-def _one_class(config: ConfigDict, name: str, out, runtime, work: Callable, before_work: Callable | None):
-    from fitm import stages
-    from fitm.data import canonical_class, load_split
-    from fitm.run import Run
-    from fitm.runtime import log
-
-    config = copy.deepcopy(config)
-    config.data.normal_class = str(name)
-    canonical_class(config.data)
-    run = Run.of(out, config, writer=runtime.is_main)
-    split = load_split(config.data)
-    check_split(config, split)
-    task = stages.Task(run=run, config=config, split=split, runtime=runtime)
-    if before_work is not None:
-        before_work(task)
-    run.open()
-    with runtime.log_file(run.log_file):
-        log.info("run %s: %d normal training images, %d test images, device %s, %d process(es)", run.dir,
-                 len(split.normal_train), len(split.test_images), runtime.device, runtime.world_size)
-        result = work(task)
-        run.save_config(config)  # only once the stages succeeded: a refused or failed run leaves the old one
-    return result
-
-
-def check_split(config: ConfigDict, split) -> None:
-    """The data-dependent limits of the config, checked before any training."""
-    det = config.detector
-    n_bank = len(split.normal_train) - int(round(det.holdout_fraction * len(split.normal_train)))
-    if n_bank < 2:
-        raise FitmError(f"detector.holdout_fraction={det.holdout_fraction}: leaves {n_bank} of "
-                        f"{len(split.normal_train)} normal training images for the bank (expected at least 2)")
-    limit = n_bank - 1 if det.holdout_fraction == 0 else n_bank
-    if det.k > limit:
-        raise FitmError(f"detector.k={det.k}: expected at most {limit} with {len(split.normal_train)} normal "
-                        "training images (the kNN bank, less one for the leave-one-out threshold)")
-
-
-def check_backbone(config: ConfigDict) -> None:
-    """Build the detector once, weights included, so that a bad backbone or weights file fails now and not after
-    hours of score-model training. Its warnings are left to the detect stage, which builds it again and logs them
-    to the run's log too: said here as well, each was printed twice."""
-    from fitm.detector.backbone import create_backbone
-    from fitm.runtime import log
-
-    was_disabled, log.disabled = log.disabled, True
-    try:
-        create_backbone(config.detector)
-    finally:
-        log.disabled = was_disabled
 
 
 class Detector:
@@ -186,8 +68,7 @@ class Detector:
                       test_groups=np.empty(0, str), test_paths=None, class_name="normal")
         check_split(self.config, split)
         task = stages.Task(run=Run(self.workdir), config=self.config, split=split, runtime=self._runtime())
-        task.run.open()
-        with task.runtime.log_file(task.run.log_file):
+        with task.run, task.runtime.log_file(task.run.log_file):
             if fakes is None:
                 fakes = stages.generate(task)
             elif isinstance(fakes, (str, Path)):
@@ -245,22 +126,34 @@ class Detector:
 
     def predict(self, images, threshold: float | None = None, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, anomalous): the scores and whether each exceeds the threshold (the fitted one by default)."""
+        threshold = self.threshold if threshold is None else finite_number(threshold, "predict: threshold")
         scores = self.score(images, resize)
-        return scores, scores > (self.threshold if threshold is None else threshold)
+        return scores, scores > threshold
 
     # --- saving -------------------------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
-        """config.json, detector/model.pt and detector/bank.pt in `folder`: what Detector.load needs."""
+        """config.json, detector/model.pt and detector/bank.pt in `folder`: what Detector.load needs. A detector
+        saved there before is replaced with what it left (its predictions.csv, its detector.onnx); a folder that
+        holds a run (fakes, scores, a report: files that would describe another model) is refused."""
         from fitm.run import Run
 
         self._require_fitted()
         run = Run(folder)
-        run.open()
-        run.save_config(self.config)
-        run.save_detector(self._model.state_dict(), "saved", {})
-        run.save_bank(self._bank, self._threshold, self._image_shape)
-        run.save_patch_bank(self._patches)
+        if run.dir.exists() and not run.dir.is_dir():
+            raise FitmError(f"save: folder={str(folder)!r} is a file (expected a folder to save the detector in)")
+        if run.dir.resolve() == self.workdir.resolve():
+            return run.dir  # this detector's own folder (fit's workdir, load's folder) holds it already
+        if found := run.holds_run():
+            raise FitmError(f"save: folder={str(folder)!r} holds a fitm run ({', '.join(found[:3])}), whose files "
+                            "would then describe another model (expected a new or empty folder, or one written by "
+                            "Detector.save)")
+        with run:
+            run.save_config(self.config)
+            run.save_detector(self._model.state_dict(), "saved", {})
+            run.save_bank(self._bank, self._threshold, self._image_shape)
+            run.save_patch_bank(self._patches)
+            run.clear_derived()
         return run.dir
 
     @classmethod
@@ -273,8 +166,8 @@ class Detector:
         config = run.load_config()
         saved = run.load_detector()
         if saved is None:
-            raise FitmError(f"--run {run.dir}: no readable trained detector (detector/model.pt); run `fitm detect` or "
-                            "`fitm pipeline` first")
+            raise FitmError(f"{run.dir}: no readable trained detector (detector/model.pt); run `fitm detect` or "
+                            "`fitm pipeline` first, or Detector.save")
         bank = run.load_bank()
         detector = cls(config, workdir=run.dir, quiet=quiet)
         model = create_architecture(config.detector)

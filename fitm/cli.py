@@ -1,4 +1,4 @@
-"""The `fitm` command: a thin layer over fitm.api and fitm.stages. Every error is one line on stderr and exit
+"""The `fitm` command: a thin layer over fitm.commands and fitm.stages. Every error is one line on stderr and exit
 code 2. Heavy modules (torch, timm) are imported only by the commands that run, so `fitm --help` is quick.
 
 Under torchrun (`torchrun --nproc_per_node N -m fitm pipeline ...`) every process runs this same command as
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def cli():
 
 def _config(dataset, config_path, data_root, download, overrides, pretrained=None, fakes=None,
             default_dataset=None):
-    from fitm.api import resolve_config
+    from fitm.commands import resolve_config
 
     if dataset and config_path:
         raise FitmError("--dataset and --config: give one, not both")
@@ -67,7 +69,7 @@ def _config(dataset, config_path, data_root, download, overrides, pretrained=Non
 @_dataset_options
 def generate(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet):
     """Train a score model on the normal class and sample early-stopped fakes into the run directory."""
-    from fitm import api, stages
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides)
 
@@ -78,7 +80,7 @@ def generate(dataset, config_path, normal_class, data_root, download, out, overr
             click.echo(f"{len(fakes)} fakes written to {task.run.path('fakes.npy')} ({100 * meta.get('degenerate_fraction', 0):.1f}% "
                        f"degenerate; picture: {task.run.path('fakes.png')})")
 
-    api.run_classes(config, normal_class, out, quiet, work, needs_detector=False)
+    commands.run_classes(config, normal_class, out, quiet, work, needs_detector=False)
 
 
 @cli.command()
@@ -90,10 +92,10 @@ def generate(dataset, config_path, normal_class, data_root, download, out, overr
 def detect(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet,
            fakes_path, pretrained, nnd, fsde):
     """Fine-tune the backbone on normal vs fakes, score the test set by kNN, and report AUROC."""
-    from fitm import api, stages
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides, pretrained, fakes_path)
-    api.check_evaluation(config, nnd, fsde)
+    commands.check_evaluation(config, nnd, fsde)
 
     def work(task):
         model, summary = stages.detect(task, stages.run_fakes(task), force=force)
@@ -101,15 +103,15 @@ def detect(dataset, config_path, normal_class, data_root, download, out, overrid
         _print_result(task, result)
         return result
 
-    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=False))
+    _summary(commands.run_classes(config, normal_class, out, quiet, work, needs_generate=False))
 
 
 @cli.command()
 @_dataset_options
 @_pretrained_option
 def pipeline(dataset, config_path, normal_class, data_root, download, out, overrides, force, quiet, pretrained):
-    """generate -> detect -> evaluate for one class or `--class all`. With no options: the offline digits demo."""
-    from fitm import api, stages
+    """generate, then detect, for one class or `--class all`. With no options: the offline digits demo."""
+    from fitm import commands, stages
 
     config = _config(dataset, config_path, data_root, download, overrides, pretrained, default_dataset="digits")
 
@@ -120,7 +122,7 @@ def pipeline(dataset, config_path, normal_class, data_root, download, out, overr
         _print_result(task, result)
         return result
 
-    _summary(api.run_classes(config, normal_class, out, quiet, work, needs_generate=not config.fakes.path))
+    _summary(commands.run_classes(config, normal_class, out, quiet, work, needs_generate=not config.fakes.path))
 
 
 def _print_result(task, result):
@@ -175,7 +177,7 @@ def export(run_path, fmt, out_path):
     from fitm.export import export_onnx
 
     detector = Detector.load(run_path, quiet=True)
-    path = export_onnx(detector, out_path or Path(run_path) / "detector.onnx")
+    path = export_onnx(detector, out_path or Path(run_path) / "detector.onnx", "--out")
     outputs = "'scores', 'anomalous'" + (", 'maps' (N x H x W)" if detector._patches is not None else "")
     click.echo(f"exported to {path} (input 'images': uint8 N x H x W x 3; outputs {outputs})")
 
@@ -194,8 +196,13 @@ def main(argv=None) -> None:
     torchrun, a rank whose peer stopped says so in one line and stops too (exit 2), instead of waiting."""
     code = 0
     console = _console_warnings()
+    handlers = _stop_on_signals()
     try:
         code = cli.main(args=argv, standalone_mode=False)
+    except Stopped as e:
+        click.echo(f"Error: stopped by {e.signal.name}; every file written so far is whole, and the same command "
+                   "resumes from it", err=True)
+        code = 128 + e.signal
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         code = 130
@@ -212,6 +219,8 @@ def main(argv=None) -> None:
                    f"stopping too ({type(e).__name__})", err=True)
         code = 2
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         if console is not None:
             console.close()
             logging.getLogger("fitm").removeHandler(console)
@@ -220,6 +229,28 @@ def main(argv=None) -> None:
 
             shutdown()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: raised where the program is, so that temporary files are removed on the way out
+    (a BaseException, which no `except Exception` on the way takes for an error of its own)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM and SIGINT end the command through Stopped; returns the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        for other in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)  # a second signal does not interrupt the way out
+        raise Stopped(signum)
+
+    return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _console_warnings() -> logging.Handler | None:

@@ -7,10 +7,12 @@ import importlib
 import importlib.util
 import json
 import math
+import numbers
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from fitm.data.cheap_fakes import SOURCES
 from fitm.errors import FitmError
 
 DATASETS = ("digits", "cifar10", "cifar100", "mvtec", "folder")
@@ -73,11 +75,7 @@ def apply_overrides(config: ConfigDict, overrides: list[str] | tuple[str, ...]) 
             raise FitmError(f"--set {item!r}: expected key=value, e.g. detector.epochs=1")
         if not has_key(config, key):
             raise FitmError(f"--set {item!r}: unknown key {key!r}")
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = _parse_value(item, key, raw, node[leaf])
+        set_key(config, key, _parse_value(item, key, raw, get_key(config, key)))
     return config
 
 
@@ -89,6 +87,21 @@ def has_key(config: ConfigDict, key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def get_key(config: ConfigDict, key: str):
+    """The value of the dotted `key` (e.g. detector.epochs) of `config`."""
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_key(config: ConfigDict, key: str, value) -> None:
+    """Set the dotted `key` (e.g. detector.epochs) of `config`: the one way `--set` and Python settings take."""
+    *parents, leaf = key.split(".")
+    node = get_key(config, ".".join(parents)) if parents else config
+    node[leaf] = value
 
 
 def _parse_value(item: str, key: str, raw: str, current):
@@ -150,6 +163,14 @@ def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def finite_number(value, what: str) -> float:
+    """`value` as a float when it is a finite real number; NaN, infinities, strings and booleans are refused:
+    compared with a score, each would give a silent, meaningless answer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise FitmError(f"{what}={value!r}: expected a finite number")
+    return float(value)
+
+
 def _in_range(lo, hi, lo_open=False, hi_open=False):
     def check(v):
         return _number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -178,8 +199,9 @@ _RULES = {
     "training.grad_clip": (_in_range(0, _INF), "a number >= 0 (0: no clipping)"),
     "training.eps": (_in_range(0, 1, lo_open=True, hi_open=True), "a number in (0, 1)"),
     "training.log_every": (_positive_int, "a positive integer"),
-    "sampling.method": (lambda v: v in ("euler_maruyama", "reverse_diffusion", "ode", "ddim"),
-                        "one of euler_maruyama, reverse_diffusion, ode, ddim"),
+    "sampling.method": (lambda v: v in ("euler_maruyama", "reverse_diffusion", "ode", "ddim", "dpm_solver"),
+                        "one of euler_maruyama, reverse_diffusion, ode, ddim, dpm_solver"),
+    "sampling.order": (lambda v: v in (2, 3), "2 or 3"),
     "sampling.corrector": (lambda v: v in ("none", "langevin"), "none or langevin"),
     "sampling.snr": (_in_range(0, _INF, lo_open=True), "a number > 0"),
     "sampling.corrector_steps": (_positive_int, "a positive integer"),
@@ -189,6 +211,10 @@ _RULES = {
     "sampling.ode_tol": (_in_range(0, _INF, lo_open=True), "a number > 0"),
     "fakes.checkpoint": (lambda v: v in ("auto", "last") or v.isdigit(), "'auto', 'last' or a snapshot iteration"),
     "fakes.auto_ratio": (_in_range(1, _INF), "a number >= 1"),
+    "fakes.patience": (_positive_int, "a positive integer"),
+    "fakes.source": (lambda v: v in SOURCES, "one of " + ", ".join(SOURCES)),
+    "fakes.noise_std": (_in_range(0, 255, lo_open=True), "a number in (0, 255]"),
+    "fakes.blur_sigma": (_in_range(0, _INF, lo_open=True), "a number > 0"),
     "fakes.count": (_non_negative_int, "an integer >= 0 (0: as many as normal training images, and never more)"),
     "fakes.degenerate.flat_std": (_in_range(0, 255), "a number in [0, 255]"),
     "fakes.degenerate.dark_mean": (_in_range(0, 255), "a number in [0, 255]"),
@@ -224,7 +250,7 @@ def validate_config(config: ConfigDict, source: str = "config") -> ConfigDict:
         raise FitmError(f"{source}: expected an ml_collections ConfigDict, got {type(config).__name__}")
     _check_tree(config, default_config(), "", source)
     for key, (test, expected) in _RULES.items():
-        value = _get(config, key)
+        value = get_key(config, key)
         if not test(value):
             raise FitmError(f"{source}: {key}={value!r}, expected {expected}")
     if config.sde.beta_max <= config.sde.beta_min:
@@ -238,7 +264,8 @@ def validate_config(config: ConfigDict, source: str = "config") -> ConfigDict:
     snapshots = sorted(set(config.training.snapshot_iters) | {config.training.n_iters})
     if config.fakes.checkpoint.isdigit() and int(config.fakes.checkpoint) not in snapshots:
         raise FitmError(f"{source}: fakes.checkpoint={config.fakes.checkpoint!r}, expected 'auto', 'last' or one of "
-                        f"the snapshot iterations {snapshots}")
+                        f"the snapshot iterations {snapshots} (training.snapshot_iters="
+                        f"{tuple(config.training.snapshot_iters)}, training.n_iters={config.training.n_iters})")
     if config.sampling.corrector != "none" and config.sampling.method not in ("euler_maruyama", "reverse_diffusion"):
         raise FitmError(f"{source}: sampling.corrector={config.sampling.corrector!r} needs sampling.method "
                         f"euler_maruyama or reverse_diffusion, not {config.sampling.method!r}")
@@ -285,13 +312,6 @@ def _same_kind(value, reference) -> bool:
 def _kind(reference) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", tuple: "tuple", list: "tuple"}.get(
         type(reference), type(reference).__name__)
-
-
-def _get(config: ConfigDict, key: str):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _check_backbone(det: ConfigDict, source: str) -> None:

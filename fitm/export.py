@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fitm.detector.maps import MapGeometry, spatial_tokens
 from fitm.detector.transforms import NORMALIZE
 from fitm.errors import FitmError
 from fitm.io import atomic_path
+from fitm.run import refuse_artifact
 
 OPSET = 18  # Resize with antialiasing, as the detector's own transform does
 
@@ -74,35 +76,43 @@ class _Bank(nn.Module):
         return d.topk(self.k, dim=1, largest=False).values.sum(1)
 
 
-def export_onnx(detector, path: str | Path) -> Path:
-    """Write `detector` (a fitted fitm.Detector) to `path` as ONNX; the batch size is free, the image size is the
-    detector's. The threshold and k are also in the file's metadata."""
+def export_onnx(detector, path: str | Path, what: str = "export: path") -> Path:
+    """Write `detector` (a fitted fitm.Detector) to `path` as ONNX (into it as detector.onnx when `path` is a
+    folder); the batch size is free, the image size is the detector's. The threshold and k are also in the file's
+    metadata. A run's own files are never written over; the file appears whole or not at all, and nothing else
+    is left beside it (the exporter's side files are made in a temporary folder of their own)."""
     try:
         import onnx
         import onnxscript  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise FitmError("fitm export: needs the onnx and onnxscript packages (pip install -e '.[export]')") from None
     detector._require_fitted()
+    path = Path(path)
+    if path.is_dir():
+        path = path / "detector.onnx"
+    refuse_artifact(path, what, own=("detector.onnx",))
     size = detector._image_shape[0]
     patches = detector._patches
     graph = ScoringGraph(detector._model.cpu(), detector._bank, detector.threshold, detector.config.detector, size,
                          patches)
     outputs = ["scores", "anomalous"] + (["maps"] if patches is not None else [])
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
-    path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory(prefix="fitm-export-") as scratch, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        traced = Path(scratch) / "detector.onnx"
         warnings.simplefilter("ignore")  # the tracer's notes on timm's shape checks, which hold for this size
         try:
-            torch.onnx.export(graph, (example,), str(tmp), input_names=["images"], output_names=outputs,
+            torch.onnx.export(graph, (example,), str(traced), input_names=["images"], output_names=outputs,
                               opset_version=OPSET, dynamo=True, dynamic_axes={name: {0: "batch"} for name in
                                                                               ["images", *outputs]})
         except Exception as e:  # the exporter raises many types for an operator it cannot express
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FitmError(f"fitm export: this detector could not be exported to ONNX ({first})") from None
-        model = onnx.load(str(tmp))
+        model = onnx.load(str(traced))  # the weights the exporter wrote beside it, read in: one file
         for key, value in (("fitm.threshold", detector.threshold), ("fitm.k", detector.config.detector.k),
                            ("fitm.image_size", size), ("fitm.input", "uint8 NHWC images, 3 channels"),
                            ("fitm.outputs", ", ".join(outputs))):
             model.metadata_props.add(key=key, value=str(value))
-        onnx.save(model, str(tmp))
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
     return path

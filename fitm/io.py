@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from fitm.errors import FitmError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -22,18 +24,33 @@ os.umask(_UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. A write the file
+    system refuses (a full disk, a read-only or unwritable folder) is one FitmError naming the file, and the
+    previous file, if any, is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; artifacts are ordinary files
+    tmp = None
     try:
+        if path.is_dir():
+            raise FitmError(f"{path}: is a folder (expected the path of a file to write)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; artifacts are ordinary files
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise FitmError(write_failure(path, e)) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_failure(path: Path, e: OSError) -> str:
+    """One line for a write the file system refused."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{path}: no space left on the device to write it (the previous file, if any, is kept); free some " \
+               "space and run the same command again"
+    return f"{path}: cannot be written ({e.strerror or e})"
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
@@ -53,7 +70,8 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (torch's own writer
+            torch.save(obj, f)      # reports it as an unexplained RuntimeError)
 
 
 def save_csv(rows: list[dict], path: str | os.PathLike) -> None:

@@ -9,11 +9,12 @@ from PIL import Image
 
 from fitm import report
 from fitm.api import Detector
+from fitm.config import finite_number
 from fitm.data import list_images, load_split
 from fitm.data.images import read_image
 from fitm.errors import FitmError
 from fitm.io import atomic_path, save_csv, save_npy
-from fitm.run import Run
+from fitm.run import Run, refuse_artifact
 from fitm.runtime import log
 
 
@@ -33,8 +34,11 @@ def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: b
             quiet: bool = False, maps_dir: Path | None = None, npy: bool = False):
     """One row per image: path, score, verdict (anomalous when score > threshold), also written to csv_path; with
     maps_dir, each image's anomaly map too (a heatmap PNG, and the raw .npy with `npy`), its path in the row."""
+    if threshold is not None:
+        threshold = finite_number(threshold, "--threshold")
     if csv_path.is_dir():
         raise FitmError(f"--csv {csv_path}: is a folder (expected the path of the CSV file to write)")
+    refuse_artifact(csv_path, "--csv", own=("predictions.csv",))
     if npy and maps_dir is None:
         raise FitmError("--npy: writes the raw maps beside the heatmaps of --maps DIR; pass --maps DIR too")
     if maps_dir is not None and maps_dir.exists() and not maps_dir.is_dir():
@@ -50,8 +54,8 @@ def predict(run_dir: Path, paths: list[Path], threshold: float | None, resize: b
             row["map"] = str(written)
     try:
         save_csv(rows, csv_path)
-    except OSError as e:
-        raise FitmError(f"--csv {csv_path}: cannot be written ({e.strerror or e})") from None
+    except FitmError as e:
+        raise FitmError(f"--csv {e}") from None
     log.info("predict: %d images scored, written to %s", len(rows), csv_path)
     return rows, detector.threshold if threshold is None else threshold
 
@@ -60,12 +64,17 @@ def save_maps(maps: np.ndarray, files: list[Path], folder: Path, npy: bool) -> l
     """<folder>/<name>.png per image: its map over the image at the file's own size, on one colour scale for all
     of them (the lowest to the highest value of these maps); with npy, <name>.npy the map at the run's size."""
     low, high = float(maps.min()), float(maps.max())
-    taken, written = set(), []
-    for anomaly_map, path in zip(maps, files):
+    names = []
+    for path in files:
         name, n = path.stem, 1
-        while name in taken:  # two files of one name from different folders
+        while name in names:  # two files of one name from different folders
             name, n = f"{path.stem}_{n}", n + 1
-        taken.add(name)
+        names.append(name)
+    for name in names:  # a run's own files are never written over, and nothing is written before that is known
+        for suffix in (".png", ".npy") if npy else (".png",):
+            refuse_artifact(folder / f"{name}{suffix}", "--maps")
+    written = []
+    for anomaly_map, path, name in zip(maps, files, names):
         image = read_image(path)
         resized = np.asarray(Image.fromarray(anomaly_map).resize((image.shape[1], image.shape[0]),
                                                                  Image.Resampling.BILINEAR))
@@ -74,8 +83,8 @@ def save_maps(maps: np.ndarray, files: list[Path], folder: Path, npy: bool) -> l
                 Image.fromarray(report.overlay(image, resized, low, high)).save(tmp, format="png")
             if npy:
                 save_npy(anomaly_map, folder / f"{name}.npy")
-        except OSError as e:
-            raise FitmError(f"--maps {folder}: cannot be written ({e.strerror or e})") from None
+        except FitmError as e:
+            raise FitmError(f"--maps {e}") from None
         written.append(folder / f"{name}.png")
     log.info("predict: %d heatmaps in %s (colours from %.4g to %.4g)", len(written), folder, low, high)
     return written

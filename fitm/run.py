@@ -7,16 +7,19 @@ artifacts, and says what each stage's outputs were made from (its cache key).
       fakes.npy  fakes.json  fakes.png
       detector/model.pt  detector/bank.pt  detector/patches.pt  detector/train_log.csv
       scores.csv  metrics.json  durations.json  nnd.csv  roc.png  scores_hist.png  extremes.png  heatmaps.png
-      wrong.png  report.html  predictions.csv
+      wrong.png  report.html  predictions.csv  detector.onnx  .fitm.lock
 
 Every write goes to a temporary name and is renamed into place (fitm.io); an artifact that cannot be read is
 treated as missing, with one log line, so the stage that owns it makes it again. A Run made with
-`writer=False` (the other ranks of a torchrun job) reads but never writes.
+`writer=False` (the other ranks of a torchrun job) reads but never writes. A writing Run holds the folder's lock
+file while it is open, so that two processes never write one run at once.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +42,37 @@ _TRAINING_NOT_IN_CHECKPOINTS = ("n_iters", "snapshot_iters", "log_every", "compi
 # Detector keys that only change scoring or speed: a new k or threshold re-scores, it does not retrain.
 _DETECTOR_SCORING_ONLY = ("k", "threshold_quantile", "feature_batch_size", "compile", "maps")
 _CHECKPOINT = re.compile(r"ckpt_(\d+)\.pt")
+
+# What Detector.save writes and Detector.load reads.
+SAVED = ("config.json", "detector/model.pt", "detector/bank.pt", "detector/patches.pt")
+# Made from a saved detector by `fitm predict` and `fitm export`: they describe the model they were made from.
+DERIVED = ("predictions.csv", "detector.onnx")
+# What only the stages write (sde/ too): a folder holding any of them holds a run, not only a saved detector.
+STAGE_OUTPUTS = ("fakes.npy", "fakes.json", "fakes.png", "detector/train_log.csv", "scores.csv", "metrics.json",
+                 "durations.json", "nnd.csv", "roc.png", "scores_hist.png", "extremes.png", "heatmaps.png", "wrong.png",
+                 "report.html")
+LOG, LOCK = "fitm.log", ".fitm.lock"
+_held_locks: dict[Path, int] = {}  # run folder -> the file descriptor of its lock, for the runs this process writes
+
+
+def artifact_of(path: str | Path) -> tuple[Path, str] | None:
+    """(run folder, name in it) when `path` is one of a run's or saved detector's own files, else None."""
+    path = Path(path).expanduser().resolve()  # a link or '..' to config.json is config.json
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "config.json").is_file() or (folder / "detector" / "bank.pt").is_file():
+            name = path.relative_to(folder).as_posix()
+            if name in SAVED + DERIVED + STAGE_OUTPUTS + (LOG, LOCK) or name.startswith("sde/"):
+                return folder, name
+    return None
+
+
+def refuse_artifact(path: str | Path, option: str, own: tuple[str, ...] = ()) -> None:
+    """Refuse to write `path` when it is a run's own file, unless its name is in `own` (the command's own output,
+    e.g. predictions.csv for predict)."""
+    found = artifact_of(path)
+    if found is not None and found[1] not in own:
+        raise FitmError(f"{option} {path}: is the {found[1]} of the run {found[0]}; writing there would destroy the "
+                        "run (expected a path outside it" + (f", or its {' or '.join(own)})" if own else ")"))
 
 
 def summary_path(out: str | Path, dataset: str) -> Path:
@@ -169,19 +203,68 @@ class Run:
         """A file of the run by its name in the layout above (pictures, report.html, nnd.csv, ...)."""
         return self.dir / name
 
-    def open(self) -> None:
-        """Make the folder and clear temporary files that a killed write left behind."""
+    def open(self) -> "Run":
+        """Make the folder, take its lock (refused while another process holds it) and clear temporary files that
+        a killed write left behind. The lock is kept until close(), or the end of the process; `with run:` does
+        both."""
         if not self.writer:
-            return
+            return self
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FitmError(f"--out: cannot make the run folder {self.dir} ({e.strerror or e})") from None
         if not self.dir.is_dir():
             raise FitmError(f"--out: {self.dir} is not a folder")
+        self._lock()
         for tmp in list(self.dir.glob(".*.tmp*")) + list(self.dir.glob("*/.*.tmp*")):
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, left by an interrupted write", tmp)
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted write", tmp)
+        return self
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        fd = _held_locks.pop(self.dir.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the file releases its flock
+
+    def __enter__(self) -> "Run":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _lock(self) -> None:
+        """An exclusive flock on .fitm.lock, which holds the PID of its holder. The kernel releases it when the
+        holder ends, however it ends: the lock of a killed process is free again, with no stale file to clear."""
+        key = self.dir.resolve()
+        if key in _held_locks:
+            return
+        path = self.dir / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FitmError(f"--out: cannot write in the run folder {self.dir} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FitmError(f"{self.dir}: another fitm process (PID {holder}) is writing this run; wait for it to "
+                            "end, or stop it, then run the same command again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _held_locks[key] = fd
+
+    def holds_run(self) -> list[str]:
+        """The files that only the stages write, present here: a folder with any holds a run."""
+        found = [name for name in STAGE_OUTPUTS if (self.dir / name).is_file()]
+        return found + (["sde/"] if self.sde.dir.is_dir() else [])
+
+    def clear_derived(self) -> None:
+        """Remove what a previous detector saved here left (its predictions, its ONNX file): they describe it."""
+        for name in DERIVED:
+            (self.dir / name).unlink(missing_ok=True)
 
     # --- config -------------------------------------------------------------------------------------------
 
@@ -190,10 +273,21 @@ class Run:
             save_config(config, self.dir / "config.json")
 
     def load_config(self) -> ConfigDict:
+        """The run's config; a missing folder, a file, and a folder above the runs are each said as such."""
         path = self.dir / "config.json"
+        if not self.dir.exists():
+            raise FitmError(f"{self.dir}: no such folder (expected a run folder, runs/<dataset>/<class>, or a folder "
+                            "written by Detector.save)")
+        if not self.dir.is_dir():
+            raise FitmError(f"{self.dir}: is a file (expected a run folder, runs/<dataset>/<class>, or a folder "
+                            "written by Detector.save)")
         if not path.is_file():
-            raise FitmError(f"--run {self.dir}: no run config (config.json is missing); run `fitm detect` or "
-                            "`fitm pipeline` first")
+            below = sorted({p.parent for pattern in ("*/config.json", "*/*/config.json")
+                            for p in self.dir.glob(pattern)})
+            hint = (f"; the runs below it: {', '.join(str(p.relative_to(self.dir)) for p in below[:5])}"
+                    f"{' ...' if len(below) > 5 else ''} (pass one of them)" if below else
+                    "; make one with `fitm pipeline` or Detector.save")
+            raise FitmError(f"{self.dir}: holds no fitm run (no config.json){hint}")
         return load_config(path=str(path))
 
     @property
@@ -262,10 +356,10 @@ class Run:
             if not isinstance(bank, dict) or not {"features", "threshold", "image_shape"} <= set(bank):
                 raise ValueError("not a fitm feature bank")
         except FileNotFoundError:
-            raise FitmError(f"--run {self.dir}: no feature bank (detector/bank.pt is missing); run `fitm detect` "
+            raise FitmError(f"{self.dir}: no feature bank (detector/bank.pt is missing); run `fitm detect` "
                             "or `fitm pipeline` first") from None
         except Exception as e:
-            raise FitmError(f"--run {self.dir}: detector/bank.pt cannot be read ({_first_line(e)}); run "
+            raise FitmError(f"{self.dir}: detector/bank.pt cannot be read ({_first_line(e)}); run "
                             "`fitm detect` again to remake it") from None
         return bank
 
@@ -308,7 +402,7 @@ class Run:
     def load_metrics(self) -> dict:
         metrics = _read_json(self.dir / "metrics.json", "results")
         if metrics is None:
-            raise FitmError(f"--run {self.dir}: no readable metrics.json; run `fitm detect` or `fitm pipeline` first")
+            raise FitmError(f"{self.dir}: no readable metrics.json; run `fitm detect` or `fitm pipeline` first")
         return metrics
 
     def load_scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,11 +415,11 @@ class Run:
             labels = np.array([int(r["label"]) for r in rows])
             scores = np.array([float(r["score"]) for r in rows])
         except (OSError, KeyError, ValueError, TypeError) as e:
-            raise FitmError(f"--run {self.dir}: scores.csv cannot be read ({_first_line(e)}); run `fitm detect` "
+            raise FitmError(f"{self.dir}: scores.csv cannot be read ({_first_line(e)}); run `fitm detect` "
                             "again to remake it") from None
         expected = self.load_metrics().get("n_test")
         if expected is not None and len(rows) != expected:
-            raise FitmError(f"--run {self.dir}: scores.csv holds {len(rows)} rows but metrics.json counts "
+            raise FitmError(f"{self.dir}: scores.csv holds {len(rows)} rows but metrics.json counts "
                             f"{expected} test images (a damaged file); run `fitm detect` again to remake it")
         return index, labels, scores
 

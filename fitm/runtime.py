@@ -33,14 +33,26 @@ GROUP_TIMEOUT = datetime.timedelta(hours=72)
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise FitmError(f"device={name!r} is not a device name (expected auto, cpu, cuda or cuda:N)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FitmError(f"device={name!r} was asked for but no CUDA device is available")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise FitmError(f"device={name!r} is not a device name (expected auto, cpu, cuda or cuda:N)") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise FitmError(f"device={name!r} was asked for but no CUDA device is available")
+    if device.type == "cuda":
+        allow_tf32()
     return device
+
+
+def allow_tf32() -> None:
+    """float32 matmuls and convolutions on TensorFloat-32 cores (a 10-bit mantissa in the products, more than bf16
+    autocast keeps): what autocast leaves in float32, and every step with amp off; said once in the log."""
+    if not torch.backends.cuda.matmul.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        log.info("CUDA: TF32 on for float32 matmuls and convolutions")
 
 
 def seed_everything(seed: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from ml_collections import ConfigDict
 from fitm import report
 from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
+from fitm.data.cheap_fakes import cheap_fakes
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import auroc_per_group, confusion
 from fitm.detector.evaluate import metrics as compute_metrics
@@ -26,9 +28,9 @@ from fitm.knn import knn_scores, leave_one_out_scores, pixel_vectors
 from fitm.run import Run, detector_key, fakes_key, score_model_key, summary_path
 from fitm.runtime import Runtime, log
 from fitm.sde.degenerate import degenerate_fraction
-from fitm.sde.early_stop import choose_auto, fakes_signal
+from fitm.sde.early_stop import AutoChoice, fakes_signal
 from fitm.sde.sampling import nfe
-from fitm.sde.train import ema_model, generate_fakes, train_score_model
+from fitm.sde.train import ema_model, generate_fakes, snapshot_steps, train_score_model
 from fitm.io import save_csv
 
 FIXED_CLASS_COUNTS = {"cifar10": 10, "cifar100": 20}
@@ -55,20 +57,36 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
         log.info("generate: %s is up to date, skipped", run.path("fakes.npy"))
         return fakes
 
+    fakes = _score_model_fakes(task, key, force) if config.fakes.source == "sde" else _cheap_fakes(task, key)
+    run.record_duration("generate", time.perf_counter() - start)
+    return fakes
+
+
+def _score_model_fakes(task: Task, key: str, force: bool) -> np.ndarray:
+    """Train the score model as far as fakes.checkpoint needs, then sample the fakes from the snapshot it names."""
+    run, config, split, runtime = task.run, task.config, task.split, task.runtime
     if force:
         run.sde.discard()
     run.sde.prepare(score_model_key(config, split.normal_train))
     runtime.barrier()  # stale checkpoints are gone before any rank looks for one
-    steps = train_score_model(split.normal_train, config, run.sde, runtime)
-
+    snapshots = snapshot_steps(config.training)
     if config.fakes.checkpoint == "auto":
-        step, signal = choose_auto(run.sde, steps, split.normal_train, config, runtime)
+        auto = AutoChoice(run.sde, split.normal_train, config, runtime)
+        trained = train_score_model(split.normal_train, config, run.sde, runtime, after_snapshot=auto.observe)
+        step, signal = auto.step, auto.rows(snapshots)
         if run.writer:
             save_csv(signal, run.sde.auto_table)
         log.info("generate: fakes.checkpoint='auto' chose step %d (nearness, degenerate per snapshot: %s)", step,
-                 ", ".join(f"{r['step']}: {r['nearness']:.2f}, {100 * r['degenerate']:.0f}%" for r in signal))
+                 ", ".join(f"{r['step']}: {r['nearness']:.2f}, {100 * r['degenerate']:.0f}%" for r in signal
+                           if r["trained"]))
     else:
-        step = choose_checkpoint(steps, config.fakes.checkpoint)
+        trained = train_score_model(split.normal_train, config, run.sde, runtime,
+                                    until=checkpoint_step(snapshots, config.fakes.checkpoint))
+        step = trained[-1]
+    skipped = [s for s in snapshots if s > trained[-1]]
+    if skipped:
+        log.info("generate: trained to step %d of %d; snapshots %s not trained (not needed by fakes.checkpoint=%r)",
+                 trained[-1], snapshots[-1], ", ".join(map(str, skipped)), config.fakes.checkpoint)
     model = ema_model(run.sde.load_checkpoint(step), config, runtime.device)
     count = fakes_count(config, len(split.normal_train))
     if count < config.fakes.count:
@@ -77,34 +95,60 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
     fakes = generate_fakes(model, config, count, config.seed, runtime)
     meta = {
         "inputs": key,
+        "source": "sde",
         "checkpoint": str(run.sde.checkpoint(step).relative_to(run.dir)),
         "step": step,
+        "trained_steps": trained[-1],
+        "snapshots_not_trained": skipped,
         "sampler": config.sampling.method,
         "corrector": config.sampling.corrector,
         "steps": config.sampling.steps,
         "nfe": nfe(config.sampling),
         "seed": config.seed,
         "count": count,
-        "degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
-        "normal_degenerate_fraction": degenerate_fraction(split.normal_train, config.fakes.degenerate),
-        **fakes_signal(split.normal_train, fakes, config, runtime.device),
+        **_fakes_facts(split, fakes, config, runtime),
     }
-    run.save_fakes(fakes, meta)
-    if run.writer:
-        report.save_normal_vs_fakes(split.normal_train, fakes, run.path("fakes.png"))
+    _write_fakes(run, split, fakes, meta)
     log.info("generate: wrote %d fakes from step %d to %s: %.1f%% degenerate (normal images: %.1f%%), nearness "
              "%.2f", count, step, run.path("fakes.npy"), 100 * meta["degenerate_fraction"],
              100 * meta["normal_degenerate_fraction"], meta["nearness"])
-    run.record_duration("generate", time.perf_counter() - start)
     return fakes
 
 
-def choose_checkpoint(steps: list[int], choice: str) -> int:
+def _cheap_fakes(task: Task, key: str) -> np.ndarray:
+    """fakes.source other than 'sde': fakes made from the normal images, no score model trained."""
+    run, config, split = task.run, task.config, task.split
+    count = fakes_count(config, len(split.normal_train))
+    fakes, parameters = cheap_fakes(split.normal_train, config.fakes, count, config.seed)
+    meta = {"inputs": key, "source": config.fakes.source, **parameters, "seed": config.seed, "count": count,
+            **_fakes_facts(split, fakes, config, task.runtime)}
+    _write_fakes(run, split, fakes, meta)
+    log.info("generate: wrote %d fakes.source=%s fakes (no score model) to %s: %.1f%% degenerate, nearness %.2f",
+             count, config.fakes.source, run.path("fakes.npy"), 100 * meta["degenerate_fraction"],
+             meta.get("nearness", float("nan")))
+    return fakes
+
+
+def _fakes_facts(split: Split, fakes: np.ndarray, config: ConfigDict, runtime: Runtime) -> dict:
+    """What fakes.json says of any fakes: degenerate shares and their nearness to the normal class."""
+    return {"degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
+            "normal_degenerate_fraction": degenerate_fraction(split.normal_train, config.fakes.degenerate),
+            **fakes_signal(split.normal_train, fakes, config, runtime.device)}
+
+
+def _write_fakes(run: Run, split: Split, fakes: np.ndarray, meta: dict) -> None:
+    run.save_fakes(fakes, meta)
+    if run.writer:
+        report.save_normal_vs_fakes(split.normal_train, fakes, run.path("fakes.png"))
+
+
+def checkpoint_step(snapshots: list[int], choice: str) -> int:
+    """The snapshot a fixed fakes.checkpoint names: training stops there."""
     if choice == "last":
-        return max(steps)
-    if not str(choice).isdigit() or int(choice) not in steps:
+        return max(snapshots)
+    if not str(choice).isdigit() or int(choice) not in snapshots:
         raise FitmError(f"fakes.checkpoint={choice!r}: expected 'auto', 'last' or one of the snapshot iterations "
-                        f"{sorted(steps)}")
+                        f"{sorted(snapshots)}")
     return int(choice)
 
 
@@ -201,11 +245,25 @@ def fit_bank(task: Task, model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
 
 
 def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
-    """kNN scores of the test set against the normal training features; metrics, scores.csv, pictures."""
-    run, split, runtime, det = task.run, task.split, task.runtime, task.config.detector
+    """Score the test set, run the CIFAR-10 evaluations asked for, locate the anomalies, and write metrics,
+    scores.csv and the report."""
     start = time.perf_counter()
+    check_cifar10_evaluations(task.config, nnd, fsde)
+    score, test_scores, result = score_test_set(task, model, summary)
+    normal_scores = test_scores[task.split.test_labels == 0]
+    result.update(cifar10_evaluations(task, normal_scores, score, nnd, fsde))
+    maps_of = localize(task, model, result)
+    task.run.record_duration("evaluate", time.perf_counter() - start)
+    write_evaluation(task, result, test_scores, maps_of)
+    return result
+
+
+def score_test_set(task: Task, model: torch.nn.Module, summary: dict) -> tuple[Callable, np.ndarray, dict]:
+    """The bank and threshold, the test set's kNN scores and metrics (per defect type and at the threshold too), and
+    kNN on raw pixels beside them; returns the scoring function too (images -> scores), for the further
+    evaluations."""
+    split, runtime, det = task.split, task.runtime, task.config.detector
     bank, threshold = fit_bank(task, model)
-    patches = fit_patch_bank(task, model)
     score = lambda images: knn_scores(_finite(extract_features(model, images, det, runtime), det), bank,
                                       det.k).cpu().numpy()
 
@@ -218,17 +276,16 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
     result.update(threshold)
     result["confusion"] = confusion(test_scores, split.test_labels, threshold["threshold"])
     result["auroc_per_defect"] = auroc_per_group(test_scores, split.test_labels, split.test_groups)
-    test_maps = localize(task, model, patches, result)
     if result["pixel_knn_auroc"] > result["auroc"]:
         log.warning("evaluate: kNN on the raw pixels scores higher on this test set (AUROC %.4f against %.4f)",
                     result["pixel_knn_auroc"], result["auroc"])
+    return score, test_scores, result
 
-    normal_scores = test_scores[split.test_labels == 0]
-    if nnd:
-        result["nnd"] = near_distribution_table(task, normal_scores, score)
-    if fsde:
-        result["fsde_auroc"] = fsde_auroc(task, normal_scores, score, fsde)
 
+def write_evaluation(task: Task, result: dict, test_scores: np.ndarray, maps_of: Callable | None = None) -> None:
+    """metrics.json, scores.csv (one row per test image) and, on the main rank, the pictures and report.html (with
+    `maps_of`, test indices -> their anomaly maps, the map pictures too)."""
+    run, split = task.run, task.split
     rows = [
         {
             "index": i,
@@ -240,14 +297,9 @@ def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = Fals
         for i in range(len(test_scores))
     ]
     run.save_results(result, rows)
-    run.record_duration("evaluate", time.perf_counter() - start)
     if run.writer:
-        maps_of = None if patches is None else (
-            lambda index: test_maps[index] if test_maps is not None else
-            anomaly_maps(model, split.test_images[index], patches, det, runtime))
         report.draw(run, test_images=split.test_images, maps_of=maps_of, masks=split.test_masks,
                     config=task.config)
-    return result
 
 
 def fit_patch_bank(task: Task, model: torch.nn.Module) -> torch.Tensor | None:
@@ -264,23 +316,25 @@ def fit_patch_bank(task: Task, model: torch.nn.Module) -> torch.Tensor | None:
     return patches
 
 
-def localize(task: Task, model: torch.nn.Module, patches: torch.Tensor | None, result: dict) -> np.ndarray | None:
-    """Where the dataset has masks: the anomaly maps of every test image, and their pixel AUROC and AUPRO (FPR up to
-    0.3) added to `result`; the maps are returned for the report."""
-    split = task.split
-    if split.test_masks is None:
-        log.info("evaluate: the test set has no ground-truth masks; image metrics only")
-        return None
+def localize(task: Task, model: torch.nn.Module, result: dict) -> Callable | None:
+    """The patch bank, and where the dataset has masks the anomaly maps of every test image, with their pixel AUROC
+    and AUPRO (FPR up to 0.3) added to `result`. Returns test indices -> their maps, for the report (None for a
+    backbone without patch tokens); without masks only the maps the report shows are computed."""
+    split, det, runtime = task.split, task.config.detector, task.runtime
+    patches = fit_patch_bank(task, model)
     if patches is None:
         return None
-    maps = anomaly_maps(model, split.test_images, patches, task.config.detector, task.runtime)
+    if split.test_masks is None:
+        log.info("evaluate: the test set has no ground-truth masks; image metrics only")
+        return lambda index: anomaly_maps(model, split.test_images[index], patches, det, runtime)
+    maps = anomaly_maps(model, split.test_images, patches, det, runtime)
     if not split.test_masks.any():
         log.warning("evaluate: every ground-truth mask is empty; no pixel metrics")
-        return maps
-    result["pixel_auroc"], result["aupro"] = pixel_auroc(maps, split.test_masks), aupro(maps, split.test_masks)
-    log.info("evaluate: pixel AUROC %.4f, AUPRO %.4f (FPR up to 0.3) over %d test images", result["pixel_auroc"],
-             result["aupro"], len(maps))
-    return maps
+    else:
+        result["pixel_auroc"], result["aupro"] = pixel_auroc(maps, split.test_masks), aupro(maps, split.test_masks)
+        log.info("evaluate: pixel AUROC %.4f, AUPRO %.4f (FPR up to 0.3) over %d test images", result["pixel_auroc"],
+                 result["aupro"], len(maps))
+    return lambda index: maps[index]
 
 
 def _finite(features: torch.Tensor, det) -> torch.Tensor:
@@ -296,23 +350,39 @@ def pixel_knn_scores(split: Split, k: int, device) -> np.ndarray:
     return knn_scores(queries, bank, k).cpu().numpy()
 
 
-def fsde_auroc(task: Task, normal_scores: np.ndarray, score, path: str) -> float:
+# --- the CIFAR-10 evaluations (--nnd, --fsde) ----------------------------------------------------------------
+
+def check_cifar10_evaluations(config: ConfigDict, nnd: bool, fsde: str | None) -> None:
+    """--nnd and --fsde are CIFAR-10 benchmarks: refused on any other dataset (the CLI asks before training)."""
+    for option, asked, what in (("--nnd", nnd, "the near-distribution evaluation"),
+                                ("--fsde", fsde, "CIFAR-10-FSDE")):
+        if asked and config.data.name != "cifar10":
+            raise FitmError(f"{option}: {what} is defined for --dataset cifar10 only, not {config.data.name}")
+
+
+def cifar10_evaluations(task: Task, normal_scores: np.ndarray, score: Callable, nnd: bool, fsde: str | None
+                        ) -> dict:
+    """The results of the evaluations asked for: 'nnd' (its summary; the table goes to nnd.csv), 'fsde_auroc'."""
+    results = {}
+    if nnd:
+        results["nnd"] = near_distribution_table(task, normal_scores, score)
+    if fsde:
+        results["fsde_auroc"] = fsde_auroc(task, normal_scores, score, fsde)
+    return results
+
+
+def fsde_auroc(task: Task, normal_scores: np.ndarray, score: Callable, path: str) -> float:
     """CIFAR-10-FSDE: the normal test class against the 1,000 fakes of that class in the benchmark file."""
-    config = task.config
-    if config.data.name != "cifar10":
-        raise FitmError("--fsde: CIFAR-10-FSDE is defined for --dataset cifar10 only")
-    index = class_names(config.data).index(task.split.class_name)
+    index = class_names(task.config.data).index(task.split.class_name)
     fakes = slice_class(load_fakes(path, what=f"--fsde {path}"), index, FIXED_CLASS_COUNTS["cifar10"],
                         f"--fsde {path}")
     labels = np.r_[np.zeros(len(normal_scores), np.int64), np.ones(len(fakes), np.int64)]
     return compute_metrics(np.concatenate([normal_scores, score(fakes)]), labels)["auroc"]
 
 
-def near_distribution_table(task: Task, normal_scores: np.ndarray, score) -> dict:
+def near_distribution_table(task: Task, normal_scores: np.ndarray, score: Callable) -> dict:
     """NND: the normal CIFAR-10 test class against each CIFAR-100 fine class separately."""
     data = task.config.data
-    if data.name != "cifar10":
-        raise FitmError("--nnd: the near-distribution evaluation is defined for --dataset cifar10 only")
     images, fine_labels, fine_names = cifar100_fine_test(data.root, data.download, data.image_size)
     anomaly_scores = score(images)
     table = {}
@@ -325,6 +395,8 @@ def near_distribution_table(task: Task, normal_scores: np.ndarray, score) -> dic
     worst = min(table, key=table.get)
     return {"min_auroc": table[worst], "min_class": worst, "mean_auroc": float(np.mean(list(table.values())))}
 
+
+# --- across classes -----------------------------------------------------------------------------------------
 
 def write_summary(out, dataset: str, results: list[dict]) -> str:
     """summary.csv across classes and the same table as text: per-class AUROC and the mean."""

@@ -3,6 +3,7 @@ image tree (<root>/train/<class>/*.jpg, <root>/test/<class>/*.jpg), read as a fo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,17 @@ def _open(dataset, title: str, root: str, download: bool, train: bool):
     if not download and not (Path(root) / dataset.base_folder).is_dir():
         raise FitmError(f"--data-root {root}: no {title} found there (expected {dataset.base_folder}/); "
                         "pass --download when online")
+    if download and not (Path(root) / dataset.base_folder).is_dir() and not _writable(Path(root)):
+        raise FitmError(f"--data-root {root}: not writable, and --download saves {title} there (expected a writable "
+                        f"folder, or {dataset.base_folder}/ already in it)")
     try:
         return dataset(root, train=train, download=download)
     except (RuntimeError, OSError) as e:
         raise FitmError(f"--data-root {root}: could not read {title} from {dataset.base_folder}/ ({e})") from e
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be made in `folder`, or in the nearest folder above it that exists (download makes it)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK)  # False on a read-only file system, for root too

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +18,13 @@ from PIL import Image
 from fitm.errors import FitmError
 from fitm.io import atomic_path
 
+log = logging.getLogger("fitm")  # fitm.runtime's log, named here: data sits below runtime
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+# PIL warns (DecompressionBombWarning) about any image over Image.MAX_IMAGE_PIXELS; fitm says so in its own
+# words, with the size it resizes to (see _read_one), and PIL's still refuses an image over twice the limit.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Files per thread-pool task: large enough that task overhead vanishes next to decoding.
 _READ_CHUNK = 512
@@ -62,6 +70,8 @@ def read_images(paths: Sequence[str | os.PathLike], size: int) -> np.ndarray:
 def _read_one(path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                log.warning("large image %s: resized from %dx%d to %dx%d", path, img.width, img.height, size, size)
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that is still >= size
             img = to_8bit(img)
             if img.size != (size, size):
@@ -95,6 +105,8 @@ def to_8bit(img: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("LA", "La", "1"):
         return img.convert("L")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # a palette's transparency goes with its alpha (PIL warns when it goes to RGB)
     return img.convert("RGB")
 
 

@@ -132,6 +132,9 @@ def _load_npz(model: nn.Module, path: Path) -> None:
     if not hasattr(model, "load_pretrained"):
         raise FitmError(f"detector.pretrained: {path} is a Google .npz checkpoint, which only ViTs read "
                         f"(detector.backbone is {type(model).__name__}); expected a .pth or .safetensors state dict")
+    if _apparent_kind(path) != _ZIP:
+        raise FitmError(f"detector.pretrained: {path} is not a readable weights file: it looks like "
+                        f"{_apparent_kind(path)}; expected {ACCEPTED}")
     try:
         model.load_pretrained(str(path))
     except KeyError as e:
@@ -152,11 +155,9 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
             state = safetensors.torch.load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text and len(text) > 8 else type(e).__name__
-        raise FitmError(f"detector.pretrained: {path} is not a readable weights file ({reason}); expected a state "
-                        "dict saved by torch.save (.pth/.pt) or safetensors") from None
+    except Exception:  # torch and safetensors raise many types; their text (the unpickler's) says less than this
+        raise FitmError(f"detector.pretrained: {path} is not a readable weights file: it looks like "
+                        f"{_apparent_kind(path)}; expected {ACCEPTED}") from None
     if isinstance(state, dict) and not all(torch.is_tensor(v) for v in state.values()):
         state = state.get("state_dict", state.get("model"))
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -184,6 +185,33 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
         raise FitmError(f"detector.pretrained: {path} does not fit the configured {type(model).__name__}: "
                         f"{'; '.join(parts)}")
     model.load_state_dict(state, strict=False)
+
+
+ACCEPTED = "a PyTorch state dict saved by torch.save (.pth/.pt), a .safetensors file, or Google's ViT .npz"
+_ZIP = "a zip archive (torch.save's and .npz's format)"
+
+
+def _apparent_kind(path: Path) -> str:
+    """What a file looks like from its first bytes, for a message about a weights file that cannot be read."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kinds = ((b"PK\x03\x04", _ZIP), (b"\x80", "a Python pickle of objects other than tensors (not loaded: "
+                                                    "unpickling them would run their code)"),
+             (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x93NUMPY", "a numpy .npy array"),
+             (b"\x1f\x8b", "a gzip file"))
+    if not head:
+        return "an empty file"
+    for magic, kind in kinds:
+        if head.startswith(magic):
+            return kind
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file that does not parse (damaged or truncated)"
+    try:
+        text = head.decode()
+    except UnicodeDecodeError:
+        return "binary data of no format fitm knows"
+    return "an HTML page (a failed download?)" if text.lstrip().lower().startswith(("<!doctype", "<html")) else \
+        "a text file"
 
 
 def _first(keys: list[str], n: int = 4) -> str:

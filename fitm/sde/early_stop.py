@@ -11,10 +11,15 @@ the detector's score), so 1 means "as near as normal images are to each other":
     nearness  = sqrt(closeness * coverage)
 
 'auto' takes the earliest snapshot whose nearness is within a factor `fakes.auto_ratio` of the nearest
-snapshot's: training is stopped once more of it no longer brings the fakes much nearer. The rule is
-relative, so it holds whatever the dataset's scale of distances and however far training got. A snapshot
-whose probes are mostly degenerate (flat, dark or bright images: fitm.sde.degenerate) is passed over. No test
-image and no anomaly is looked at.
+snapshot's. The rule is relative, so it holds whatever the dataset's scale of distances and however far training
+got. A snapshot whose probes are mostly degenerate (flat, dark or bright images: fitm.sde.degenerate) is passed
+over. No test image and no anomaly is looked at.
+
+It decides while the score model trains: each snapshot is measured as soon as it is written, and training stops
+once the choice has stayed the same over `fakes.patience` further snapshots (the later snapshots are then never
+trained). A later snapshot could still have changed it only by being nearer than the chosen one's nearness over
+auto_ratio after `patience` snapshots that were not: the rule bets that the fakes do not get suddenly nearer
+after they have stopped getting nearer.
 """
 
 from __future__ import annotations
@@ -70,20 +75,40 @@ def fakes_signal(normal: np.ndarray, fakes: np.ndarray, config, device) -> dict:
     return nearness(bank, fakes[: len(held_out)], held_out, device)
 
 
-def choose_auto(files: ScoreModelFiles, steps: list[int], normal: np.ndarray, config,
-                runtime: Runtime) -> tuple[int, list[dict]]:
-    """The chosen snapshot step and the signal of every snapshot, for the record. A snapshot whose probes are
-    mostly degenerate (flat, dark or bright: fitm.sde.degenerate) is never chosen while another is not."""
-    held_out, bank = _probes(normal, config.seed)
-    n_probes = len(held_out)
-    table = []
-    for step in steps:
-        model = ema_model(files.load_checkpoint(step), config, runtime.device)
-        fakes = generate_fakes(model, config, n_probes, config.seed, runtime)
-        table.append({"step": step, **nearness(bank, fakes, held_out, runtime.device),
-                      "degenerate": degenerate_fraction(fakes, config.fakes.degenerate)})
-    usable = [row["degenerate"] <= MOSTLY_DEGENERATE for row in table]
-    chosen = earliest_near([row["nearness"] for row in table], config.fakes.auto_ratio, usable)
-    for i, row in enumerate(table):
-        row["chosen"] = i == chosen
-    return steps[chosen], table
+class AutoChoice:
+    """'auto' measuring each snapshot as training writes it (`observe`, the `after_snapshot` of
+    train_score_model), and saying when the choice is settled."""
+
+    def __init__(self, files: ScoreModelFiles, normal: np.ndarray, config, runtime: Runtime):
+        self.files, self.config, self.runtime = files, config, runtime
+        self.held_out, self.bank = _probes(normal, config.seed)
+        self.table: list[dict] = []
+        self.choices: list[int | None] = []  # the choice after each snapshot measured; None while none is usable
+
+    def observe(self, step: int) -> bool:
+        """Measure snapshot `step`; True once the choice has not changed over fakes.patience snapshots."""
+        model = ema_model(self.files.load_checkpoint(step), self.config, self.runtime.device)
+        fakes = generate_fakes(model, self.config, len(self.held_out), self.config.seed, self.runtime)
+        self.table.append({"step": step, **nearness(self.bank, fakes, self.held_out, self.runtime.device),
+                           "degenerate": degenerate_fraction(fakes, self.config.fakes.degenerate)})
+        self.choices.append(self.step if any(self._usable()) else None)
+        recent = self.choices[-(self.config.fakes.patience + 1):]
+        return len(recent) == self.config.fakes.patience + 1 and recent[0] is not None and len(set(recent)) == 1
+
+    @property
+    def step(self) -> int:
+        """The snapshot chosen among those measured. A mostly degenerate one is never chosen while another
+        is not."""
+        chosen = earliest_near([row["nearness"] for row in self.table], self.config.fakes.auto_ratio, self._usable())
+        return self.table[chosen]["step"]
+
+    def _usable(self) -> list[bool]:
+        return [row["degenerate"] <= MOSTLY_DEGENERATE for row in self.table]
+
+    def rows(self, snapshots: list[int]) -> list[dict]:
+        """The signal of every snapshot measured, which was chosen, and the snapshots never trained."""
+        measured = {row["step"]: row for row in self.table}
+        chosen = self.step
+        blank = dict.fromkeys(("closeness", "coverage", "nearness", "degenerate"), "")
+        return [{**(measured.get(step) or {"step": step, **blank}), "trained": step in measured,
+                 "chosen": step == chosen} for step in snapshots]

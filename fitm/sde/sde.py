@@ -40,6 +40,17 @@ class VPSDE:
         log_mean = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
         return log_mean.exp(), (-torch.expm1(2 * log_mean)).sqrt()
 
+    def half_log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(a / s), the time variable of DPM-Solver: strictly decreasing in t."""
+        log_mean = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        return log_mean - 0.5 * torch.log(-torch.expm1(2 * log_mean))
+
+    def time_of(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        """The inverse of half_log_snr: the root of the quadratic -2 log a(t) = log(1 + exp(-2 lambda))."""
+        minus_two_log_mean = torch.nn.functional.softplus(-2 * half_log_snr)
+        delta = self.beta_max - self.beta_min
+        return 2 * minus_two_log_mean / (self.beta_min + (self.beta_min**2 + 2 * delta * minus_two_log_mean).sqrt())
+
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         beta = _bc(self.beta(t), x)
         return -0.5 * beta * x, beta.sqrt()

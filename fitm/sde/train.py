@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from typing import Callable
 
 import numpy as np
 import torch
@@ -126,15 +127,25 @@ class ScoreTrainer:
         return step
 
 
-def train_score_model(images: np.ndarray, config, files: ScoreModelFiles, runtime: Runtime) -> list[int]:
-    """Train on uint8 NHWC `images`, continuing from the newest readable checkpoint; return the snapshot steps
-    (training.snapshot_iters and training.n_iters), whose checkpoints then all exist."""
+def train_score_model(images: np.ndarray, config, files: ScoreModelFiles, runtime: Runtime, until: int | None = None,
+                      after_snapshot: Callable[[int], bool] | None = None) -> list[int]:
+    """Train on uint8 NHWC `images` up to the snapshot `until` (default: training.n_iters), continuing from the
+    newest readable checkpoint; return the snapshot steps trained, whose checkpoints then all exist.
+
+    `after_snapshot(step)` is called on every snapshot in order, those already on disk included, once its
+    checkpoint is written; when it returns True training stops there: what a run killed and started again
+    decides is what it would have decided in one go."""
     tcfg = config.training
-    snapshots = snapshot_steps(tcfg)
+    snapshots = [step for step in snapshot_steps(tcfg) if until is None or step <= until]
     data = _check_images(images, config.data.image_size)
     check_sampling_config(config.sampling)
     key = score_model_key(config, data)
     readable = [step for step in files.steps() if files.load_checkpoint(step) is not None]
+    for i, step in enumerate(snapshots):
+        if step not in readable:
+            break
+        if after_snapshot is not None and after_snapshot(step):
+            return snapshots[: i + 1]
     missing = [step for step in snapshots if step not in readable]
     if not missing:
         return snapshots
@@ -172,7 +183,11 @@ def train_score_model(images: np.ndarray, config, files: ScoreModelFiles, runtim
             last_good = files.save_checkpoint(step, dict(trainer.state_dict(step), fingerprint=key))
             if files.writer:
                 _write_grid(trainer.ema, config, runtime, files.samples(step))
-    runtime.barrier()  # every checkpoint is on disk before any rank reads one
+            runtime.barrier()  # the checkpoint is on disk before any rank reads it
+            if after_snapshot is not None and after_snapshot(step):
+                bar.close()
+                return snapshots[: snapshots.index(step) + 1]
+    runtime.barrier()
     return snapshots
 
 

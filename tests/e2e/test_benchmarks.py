@@ -1,7 +1,8 @@
-"""The benchmark scripts that must not rot: the GPU check runs its own code on the CPU with --smoke; the quality
-table's verdict."""
+"""The benchmark scripts that must not rot: each runs its own code on tiny data with --smoke and prints its table;
+the quality table's verdict."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,88 @@ from pathlib import Path
 REPO = Path(__file__).parents[2]
 
 
-def test_gpu_check_smoke_runs_on_cpu():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--smoke"], capture_output=True,
+def smoke(script: str) -> str:
+    """The script's --smoke output; it must exit 0."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke"], capture_output=True,
                             text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_gpu_check_smoke_runs_on_cpu():
+    out = smoke("gpu.py")
     for line in ("train     fitm", "train     authors", "features  fitm", "training  fp32", "sampling  ddim",
                  "sampling  em", "generate stage", "end to end"):
-        assert line in result.stdout, line
+        assert line in out, line
+
+
+def test_detector_smoke():
+    out = smoke("detector.py")
+    assert re.search(r"^train    ratio +\d+\.\d\dx$", out, re.M), out
+    assert re.search(r"^features ratio +\d+\.\d\dx$", out, re.M), out
+    assert "queries/s  (64 queries x 256 bank, D=64, k=2)" in out
+
+
+def test_sde_smoke():
+    out = smoke("sde.py")
+    assert re.search(r"^  ddim / em +\d+\.\dx images/s  \(network evaluations: 1\.2x\)$", out, re.M), out
+    assert "euler_maruyama 4 steps: skipped on CPU for cifar10" in out
+    assert out.count("training ") == 2
+
+
+def test_fakes_smoke():
+    out = smoke("fakes.py")
+    assert "| airplane |  | normal images |" in out
+    for step in (3, 6):
+        assert f"| airplane | {step} | em50 | 51 |" in out and f"| airplane | {step} | em50+clip | 51 |" in out
+
+
+def test_pretrain_smoke():
+    out = smoke("pretrain.py")
+    assert "on 120 images of dog, frog, horse, ship, truck" in out and "epoch 1/1: loss" in out
+    assert re.search(r"classes 0-4 vs the rest of 0-4: (\d+\.\d / ){4}\d+\.\d, mean \d+\.\d$", out, re.M), out
+
+
+def test_quality_smoke():
+    out = smoke("quality.py")
+    assert re.search(r"^\| airplane \| \d+\.\d\d \| \d+\.\d\d \| ", out, re.M), out  # one seed: no spread
+    assert "fitm's mean AUROC" in out and "late_fakes are fitm's own fakes" in out
+    assert re.search(r"^\| airplane \| 0 \| 6 \| \d+\.\d\d \| yes \|$", out, re.M), out  # the study
+    assert out.count("Mean ± half-range over seeds 0") == 2  # the run's table, then --merge of its CSV
+
+
+def test_mvtec_cpu_smoke():
+    out = smoke("mvtec_cpu.py")
+    assert "8 normal training images, 83 test images, 64 px" in out
+    assert re.search(r"whole `fitm pipeline`: \d+\.\d min \(generate \d+\.\d, detect \d+\.\d, evaluate and "
+                     r"report \d+\.\d\)", out), out
+
+
+def test_predict_smoke():
+    out = smoke("predict.py")
+    for line in ("fitm predict, files", "PyTorch, images in memory", "onnxruntime, images in memory",
+                 "onnxruntime, files"):
+        assert re.search(rf"^{line}.* \d+\.\d images/s", out, re.M), line
+    score_gap = float(re.search(r"ONNX vs PyTorch (\S+)$", out, re.M).group(1))
+    assert score_gap < 1e-3  # the exported file scores as PyTorch does
+
+
+def test_samplers_smoke():
+    out = smoke("samplers.py")
+    assert re.search(r"^\| euler_maruyama:3 \(config\) \| 4 \| ", out, re.M), out
+    assert re.search(r"^\| dpm_solver:4 \| 5 \| \d+\.\d \| .* \| [+-]\d+\.\d\d ± \d+\.\d\d \|$", out, re.M), out
+    assert re.search(r"^\| ddim:4 \| 5 \| .* \| not run \|  \|$", out, re.M), out  # probes only
+
+
+def test_auto_stop_smoke():
+    out = smoke("auto_stop.py")
+    assert re.search(r"^patience 1: [01] of 1 class runs choose the same snapshot; steps trained \d+ instead of 20$",
+                     out, re.M), out
+
+
+def test_scale_smoke():
+    out = smoke("scale.py")
+    assert re.search(r"^ +1 +\d+\.\d +1\.00 +\d+\.\d\d +1\.00 +\d+\.\d\d +1\.00$", out, re.M), out
 
 
 def test_quality_verdict_leaves_out_variants_not_run():

@@ -367,3 +367,37 @@ def test_fakes_count_above_the_normal_count_makes_as_many_fakes_as_normals(tmp_p
     n_normal = int((load_digits().target[_digits_train_index()] == 3).sum())
     assert len(np.load(run / "fakes.npy")) == json.loads((run / "fakes.json").read_text())["count"] == n_normal
     assert "never more fakes than normal training images" in (run / "fitm.log").read_text()
+
+
+def test_generate_trains_only_to_the_fakes_checkpoint_and_cheap_fakes_train_nothing(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "sde"),
+                           "--quiet")
+    assert code == 0, err
+    run = tmp_path / "sde" / "digits" / "0"
+    assert sorted(p.name for p in (run / "sde").glob("ckpt_*.pt")) == ["ckpt_10.pt"]  # fakes.checkpoint 10 of 20
+    meta = json.loads((run / "fakes.json").read_text())
+    assert meta["source"] == "sde" and meta["trained_steps"] == 10 and meta["snapshots_not_trained"] == [20]
+
+    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "noised"),
+                           "--set", "fakes.source=noised", "--quiet")
+    assert code == 0, err
+    run = tmp_path / "noised" / "digits" / "0"
+    meta = json.loads((run / "fakes.json").read_text())
+    assert meta["source"] == "noised" and meta["noise_std"] == 25.5 and "checkpoint" not in meta
+    assert not list(run.glob("sde/ckpt_*.pt")) and (run / "fakes.npy").is_file()
+
+
+def test_auto_records_the_snapshots_it_measured_and_those_never_trained(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path),
+                           "--set", "fakes.checkpoint=auto", "--set", "training.snapshot_iters=(5,10,15)",
+                           "--set", "sampling.method=dpm_solver", "--quiet")
+    assert code == 0, err
+    run = tmp_path / "digits" / "0"
+    with open(run / "sde" / "auto_checkpoint.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    meta = json.loads((run / "fakes.json").read_text())
+    trained = [int(r["step"]) for r in rows if r["trained"] == "True"]
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20] and trained == [5, 10, 15, 20][: len(trained)]
+    assert meta["trained_steps"] == trained[-1] and meta["sampler"] == "dpm_solver"
+    assert sorted(int(p.stem.split("_")[1]) for p in (run / "sde").glob("ckpt_*.pt")) == trained
+    assert meta["step"] == int(next(r["step"] for r in rows if r["chosen"] == "True"))

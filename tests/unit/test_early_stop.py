@@ -42,7 +42,7 @@ def test_the_earliest_snapshot_within_the_factor_is_chosen(values, factor, expec
 
 
 def stub_snapshots(monkeypatch, fakes_by_step):
-    """Snapshots whose 'model' is its step and whose fakes are given: choose_auto without a score model."""
+    """Snapshots whose 'model' is its step and whose fakes are given: AutoChoice without a score model."""
     monkeypatch.setattr(early_stop, "ema_model", lambda ckpt, config, device: ckpt["step"])
     monkeypatch.setattr(early_stop, "generate_fakes",
                         lambda step, config, count, seed, runtime: fakes_by_step[step][:count])
@@ -50,18 +50,26 @@ def stub_snapshots(monkeypatch, fakes_by_step):
     return files, list(fakes_by_step)
 
 
+def choose_auto(files, steps, normal, config, runtime):
+    """'auto' over every snapshot (whatever patience says): the chosen step and the table of all of them."""
+    auto = early_stop.AutoChoice(files, normal, config, runtime)
+    for step in steps:
+        auto.observe(step)
+    return auto.step, auto.rows(steps)
+
+
 def test_choose_auto_probes_every_snapshot_with_normal_data_only(monkeypatch):
     normal = normal_images()
     noise = np.random.default_rng(7).integers(0, 256, normal.shape, dtype=np.uint8)
     files, steps = stub_snapshots(monkeypatch, {100: noise, 200: normal_images(seed=5), 300: normal_images(seed=6)})
-    chosen, table = early_stop.choose_auto(files, steps, normal, get_config(), RUNTIME)
+    chosen, table = choose_auto(files, steps, normal, get_config(), RUNTIME)
     assert chosen == 200
-    assert [row["step"] for row in table] == [100, 200, 300] and [row["chosen"] for row in table] == [0, 1, 0]
+    assert [row["step"] for row in table] == [100, 200, 300] and [row["chosen"] for row in table] == [False, True, False]
     assert table[0]["nearness"] > 1.5 * table[1]["nearness"]
     assert all(row["degenerate"] == 0 for row in table)
 
     with pytest.raises(FitmError, match="at least 6 normal"):
-        early_stop.choose_auto(files, steps, normal[:5], get_config(), RUNTIME)
+        choose_auto(files, steps, normal[:5], get_config(), RUNTIME)
 
 
 def test_a_mostly_degenerate_snapshot_is_never_chosen(monkeypatch):
@@ -73,9 +81,38 @@ def test_a_mostly_degenerate_snapshot_is_never_chosen(monkeypatch):
     flat[::3] = normal_images(seed=8)[::3]  # a third of them are not flat
     noise = rng.integers(0, 256, normal.shape, dtype=np.uint8)
     files, steps = stub_snapshots(monkeypatch, {100: noise, 200: flat, 300: normal_images(seed=6)})
-    chosen, table = early_stop.choose_auto(files, steps, normal, get_config(), RUNTIME)
+    chosen, table = choose_auto(files, steps, normal, get_config(), RUNTIME)
     assert table[1]["degenerate"] > 0.5 and table[2]["degenerate"] == 0
     assert early_stop.earliest_near([row["nearness"] for row in table], 1.1) == 1  # what nearness alone picks
     assert chosen == 300
     assert early_stop.earliest_near([3.0, 1.0, 2.0], 1.1, usable=[True, False, True]) == 2
     assert early_stop.earliest_near([3.0, 1.0], 1.1, usable=[False, False]) == 1  # none usable: all count
+
+
+@pytest.mark.parametrize("patience, settled_at", [(1, 300), (2, 400)])
+def test_auto_settles_once_its_choice_survives_patience_snapshots(monkeypatch, patience, settled_at):
+    """Noise, then near fakes at 200 that no later snapshot beats: the choice is settled `patience` snapshots
+    after 200, and the rows say which snapshots were never trained."""
+    normal = normal_images()
+    noise = np.random.default_rng(7).integers(0, 256, normal.shape, dtype=np.uint8)
+    steps = [100, 200, 300, 400, 500]
+    files, _ = stub_snapshots(monkeypatch, {100: noise, 200: normal_images(seed=5), 300: normal_images(seed=6),
+                                            400: normal_images(seed=9), 500: normal_images(seed=10)})
+    config = get_config()
+    config.fakes.patience = patience
+    auto = early_stop.AutoChoice(files, normal, config, RUNTIME)
+    settled = next(step for step in steps if auto.observe(step))
+    assert settled == settled_at and auto.step == 200
+    rows = auto.rows(steps)
+    assert [row["trained"] for row in rows] == [step <= settled_at for step in steps]
+    assert [row["chosen"] for row in rows] == [step == 200 for step in steps]
+    assert rows[-1]["nearness"] == ""
+
+
+def test_auto_waits_while_every_snapshot_is_degenerate(monkeypatch):
+    normal = normal_images()
+    flat = np.full_like(normal, 127)
+    files, steps = stub_snapshots(monkeypatch, {100: flat, 200: flat, 300: normal_images(seed=6)})
+    auto = early_stop.AutoChoice(files, normal, get_config(), RUNTIME)
+    assert [auto.observe(step) for step in steps] == [False, False, False]
+    assert auto.step == 300

@@ -93,7 +93,7 @@ def test_patch_bank_is_cut_to_bank_size_with_a_log_line(caplog):
     runtime = Runtime.local("cpu", quiet=True)
     with caplog.at_level(logging.INFO, logger="fitm"):
         full = patch_bank(model, normal, detector_config(), runtime, seed=0)
-        cut = patch_bank(model, normal, detector_config(bank_size=100), runtime, seed=0)
+        cut = patch_bank(model, normal, detector_config(bank_size=100, subsample="coreset"), runtime, seed=0)
         random = patch_bank(model, normal, detector_config(bank_size=100, subsample="random"), runtime, seed=0)
     assert full.shape == (640, 32) and cut.shape == random.shape == (100, 32)
     assert "640 patch tokens of 10 normal images; the bank keeps 100, a greedy coreset" in caplog.text

@@ -86,6 +86,30 @@ def test_extending_n_iters_or_adding_snapshots_continues_from_the_newest_checkpo
     _same_state(straight.load_checkpoint(8), files.load_checkpoint(8))
 
 
+def test_training_stops_at_until_and_resumes_exactly_past_it(tmp_path):
+    """A fixed fakes.checkpoint trains only to its snapshot; asking for more later continues bit-exactly."""
+    images = digits(8)
+    straight, files = ScoreModelFiles(tmp_path / "straight"), ScoreModelFiles(tmp_path / "stopped")
+    train_score_model(images, tiny_config(n_iters=8, snapshots=(3, 6)), straight, CPU)
+    assert train_score_model(images, tiny_config(n_iters=8, snapshots=(3, 6)), files, CPU, until=3) == [3]
+    assert files.steps() == [3] and not files.samples(6).exists()
+    assert train_score_model(images, tiny_config(n_iters=8, snapshots=(3, 6)), files, CPU) == [3, 6, 8]
+    _same_state(straight.load_checkpoint(8), files.load_checkpoint(8))
+
+
+def test_after_snapshot_stops_training_and_sees_snapshots_already_on_disk(tmp_path, monkeypatch):
+    images, files = digits(8), ScoreModelFiles(tmp_path)
+    config = tiny_config(n_iters=8, snapshots=(2, 4, 6))
+    seen = []
+    assert train_score_model(images, config, files, CPU, after_snapshot=lambda s: seen.append(s) or s == 4) == [2, 4]
+    assert seen == [2, 4] and files.steps() == [2, 4]
+    # Run again (as after a kill): the snapshots on disk are shown again, in order, and nothing is trained.
+    monkeypatch.setattr(train_mod, "dsm_loss", lambda *a, **k: pytest.fail("trained again"))
+    seen.clear()
+    assert train_score_model(images, config, files, CPU, after_snapshot=lambda s: seen.append(s) or s == 4) == [2, 4]
+    assert seen == [2, 4]
+
+
 def test_existing_snapshots_are_returned_without_training(tmp_path, monkeypatch):
     images, files = digits(8), ScoreModelFiles(tmp_path)
     train_score_model(images, tiny_config(n_iters=2, snapshots=(2,)), files, CPU)

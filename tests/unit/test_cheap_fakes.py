@@ -1,0 +1,48 @@
+"""Fakes made from the normal images (fakes.source): what each kind changes, and that it is seeded."""
+
+import numpy as np
+import pytest
+
+from fitm.configs.default import get_config
+from fitm.data.cheap_fakes import cheap_fakes, cutpaste
+
+
+def images(n=40, size=16, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def fakes_cfg(source):
+    cfg = get_config().fakes
+    cfg.source = source
+    return cfg
+
+
+def test_cutpaste_moves_one_rectangle_of_each_image_within_it():
+    normal = images()
+    out = cutpaste(normal, np.random.default_rng(1))
+    changed = (out != normal).any(axis=3)
+    assert changed.any(axis=(1, 2)).mean() > 0.9  # a pasted patch almost always differs from what it covers
+    for image, fake, mask in zip(normal, out, changed):
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+            assert area <= 0.15 * 16 * 16 + 16  # within the patch's largest area (rounding)
+            assert set(map(tuple, fake[mask])) <= set(map(tuple, image.reshape(-1, 3)))  # pixels of the image
+
+
+@pytest.mark.parametrize("source", ["noised", "blurred", "cutpaste"])
+def test_cheap_fakes_are_seeded_and_record_their_parameters(source):
+    normal = images()
+    a, params = cheap_fakes(normal, fakes_cfg(source), 40, seed=3)
+    b, _ = cheap_fakes(normal, fakes_cfg(source), 40, seed=3)
+    assert a.dtype == np.uint8 and a.shape == normal.shape and np.array_equal(a, b)
+    assert not np.array_equal(a, normal) and params
+    fewer, _ = cheap_fakes(normal, fakes_cfg(source), 10, seed=3)
+    assert len(fewer) == 10
+
+
+def test_noised_fakes_have_the_configured_noise():
+    normal = np.full((20, 16, 16, 3), 128, np.uint8)
+    fakes, params = cheap_fakes(normal, fakes_cfg("noised"), 20, seed=0)
+    assert params == {"noise_std": 25.5}
+    assert (fakes.astype(float) - 128).std() == pytest.approx(25.5, rel=0.05)
