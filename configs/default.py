@@ -115,4 +115,9 @@ def get_config() -> ConfigDict:
     # of the normal images out of training and the bank and takes the quantile of their scores.
     v.holdout_fraction = 0.0
     v.threshold_quantile = 0.95
+    # Anomaly maps: each patch token of the fine-tuned backbone scored by the sum of squared L2 distances to its k
+    # nearest tokens of the normal training images (a bank of at most bank_size tokens: a greedy k-center coreset,
+    # as PatchCore's, or a random subsample, of the normal images' tokens when there are more), upsampled to the
+    # image and smoothed by a Gaussian of sigma pixels of the detector's input (detector.img_size; 0: none).
+    v.maps = ConfigDict({"k": 1, "bank_size": 16384, "subsample": "coreset", "sigma": 4.0})
     return c

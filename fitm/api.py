@@ -20,6 +20,7 @@ class Detector:
         model.fit(normal_images)             # trains the score model, samples fakes, fine-tunes the detector
         scores = model.score(images)         # kNN anomaly scores, higher = more anomalous
         scores, anomalous = model.predict(images)
+        maps = model.anomaly_map(images)     # where: (N, H, W), higher = more anomalous
         model.save("my_detector"); same = fitm.Detector.load("my_detector")
 
     A run folder of the `fitm` command (runs/<dataset>/<class>) loads the same way. Its work happens in
@@ -32,7 +33,7 @@ class Detector:
         self.config = validate_config(config, "Detector config")
         self.quiet = quiet
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="fitm-"))
-        self._model = self._bank = self._threshold = self._image_shape = None
+        self._model = self._bank = self._threshold = self._image_shape = self._patches = None
 
     @classmethod
     def from_config(cls, config: str = "digits", pretrained: str | None = None, workdir: str | Path | None = None,
@@ -76,6 +77,7 @@ class Detector:
                 fakes = validate_images(fakes, "fakes")
             model, _ = stages.detect(task, fakes)
             bank, threshold = stages.fit_bank(task, model)
+            self._patches = stages.fit_patch_bank(task, model)
             task.run.save_config(self.config)
         self._model, self._bank, self._threshold = model, bank, threshold["threshold"]
         self._image_shape = tuple(images.shape[1:])
@@ -107,6 +109,21 @@ class Detector:
             raise FitmError("score: the detector gives non-finite scores (damaged weights); fit it again")
         return scores
 
+    def anomaly_map(self, images, resize: bool = False) -> np.ndarray:
+        """(N, H, W) float32 anomaly maps at the detector's image size (H = W): the kNN distance of each patch to
+        the normal training images' patches, upsampled and smoothed; higher = more anomalous."""
+        from fitm.detector.maps import anomaly_maps
+
+        self._require_fitted()
+        if self._patches is None:
+            raise FitmError(f"anomaly maps: {self.workdir} has no patch bank (detector/patches.pt): its backbone has "
+                            "no patch tokens, or an older fitm made it (run `fitm detect` again)")
+        batch = self._images(images, "images", resize)
+        maps = anomaly_maps(self._model, batch, self._patches, self.config.detector, self._runtime())
+        if not np.isfinite(maps).all():
+            raise FitmError("anomaly maps: the detector gives non-finite values (damaged weights); fit it again")
+        return maps
+
     def predict(self, images, threshold: float | None = None, resize: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, anomalous): the scores and whether each exceeds the threshold (the fitted one by default)."""
         threshold = self.threshold if threshold is None else finite_number(threshold, "predict: threshold")
@@ -135,6 +152,7 @@ class Detector:
             run.save_config(self.config)
             run.save_detector(self._model.state_dict(), "saved", {})
             run.save_bank(self._bank, self._threshold, self._image_shape)
+            run.save_patch_bank(self._patches)
             run.clear_derived()
         return run.dir
 
@@ -157,6 +175,7 @@ class Detector:
         detector._model, detector._bank = model.eval(), bank["features"]
         detector._threshold = float(bank["threshold"])
         detector._image_shape = tuple(int(v) for v in bank["image_shape"])
+        detector._patches = run.load_patch_bank()
         return detector
 
     # --- helpers ------------------------------------------------------------------------------------------

@@ -147,18 +147,24 @@ def _summary(table: str | None) -> None:
 @click.option("--threshold", type=float, default=None, help="Override the run's threshold.")
 @click.option("--resize", is_flag=True, help="Resize and convert images to the run's size and channels.")
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="Default: <run>/predictions.csv.")
+@click.option("--maps", "maps_dir", type=click.Path(), default=None,
+              help="Write each image's anomaly map here, as a heatmap PNG over the image.")
+@click.option("--npy", is_flag=True, help="With --maps: also the raw map of each image as .npy (float32).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def predict(run_path, paths, threshold, resize, csv_path, quiet):
+def predict(run_path, paths, threshold, resize, csv_path, maps_dir, npy, quiet):
     """Score new images (files or folders) with a trained run."""
     from fitm.predict import predict as run_predict
 
     rows, used = run_predict(Path(run_path), [Path(p) for p in paths], threshold, resize,
-                             Path(csv_path) if csv_path else Path(run_path) / "predictions.csv", quiet)
+                             Path(csv_path) if csv_path else Path(run_path) / "predictions.csv", quiet,
+                             Path(maps_dir) if maps_dir else None, npy)
     width = max(len(r["path"]) for r in rows)
     click.echo(f"{'path':<{width}}  {'score':>10}  verdict")
     for r in rows:
         click.echo(f"{r['path']:<{width}}  {r['score']:>10.4g}  {r['verdict']}")
     click.echo(f"threshold {used:.4g}; {sum(r['verdict'] == 'anomalous' for r in rows)} of {len(rows)} anomalous")
+    if maps_dir:
+        click.echo(f"heatmaps: {maps_dir}")
 
 
 @cli.command("export")
@@ -170,8 +176,10 @@ def export(run_path, fmt, out_path):
     from fitm.api import Detector
     from fitm.export import export_onnx
 
-    path = export_onnx(Detector.load(run_path, quiet=True), out_path or Path(run_path) / "detector.onnx", "--out")
-    click.echo(f"exported to {path} (input 'images': uint8 N x H x W x 3; outputs 'scores', 'anomalous')")
+    detector = Detector.load(run_path, quiet=True)
+    path = export_onnx(detector, out_path or Path(run_path) / "detector.onnx", "--out")
+    outputs = "'scores', 'anomalous'" + (", 'maps' (N x H x W)" if detector._patches is not None else "")
+    click.echo(f"exported to {path} (input 'images': uint8 N x H x W x 3; outputs {outputs})")
 
 
 @cli.command("report")

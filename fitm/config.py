@@ -234,6 +234,10 @@ _RULES = {
     "detector.feature_batch_size": (_positive_int, "a positive integer"),
     "detector.holdout_fraction": (_in_range(0, 1, hi_open=True), "a number in [0, 1)"),
     "detector.threshold_quantile": (_in_range(0, 1, lo_open=True), "a number in (0, 1]"),
+    "detector.maps.k": (_positive_int, "a positive integer"),
+    "detector.maps.bank_size": (_positive_int, "a positive integer"),
+    "detector.maps.subsample": (lambda v: v in ("coreset", "random"), "coreset or random"),
+    "detector.maps.sigma": (_in_range(0, _INF), "a number >= 0 (0: no smoothing)"),
 }
 
 

@@ -5,9 +5,9 @@ artifacts, and says what each stage's outputs were made from (its cache key).
       config.json  fitm.log
       sde/inputs.json  sde/ckpt_<step>.pt  sde/samples_<step>.png  sde/train_log.csv  sde/auto_checkpoint.csv
       fakes.npy  fakes.json  fakes.png
-      detector/model.pt  detector/bank.pt  detector/train_log.csv
-      scores.csv  metrics.json  nnd.csv  roc.png  scores_hist.png  extremes.png  report.html  predictions.csv
-      detector.onnx  .fitm.lock
+      detector/model.pt  detector/bank.pt  detector/patches.pt  detector/train_log.csv
+      scores.csv  metrics.json  durations.json  nnd.csv  roc.png  scores_hist.png  extremes.png  heatmaps.png
+      wrong.png  report.html  predictions.csv  detector.onnx  .fitm.lock
 
 Every write goes to a temporary name and is renamed into place (fitm.io); an artifact that cannot be read is
 treated as missing, with one log line, so the stage that owns it makes it again. A Run made with
@@ -21,6 +21,7 @@ import csv
 import fcntl
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +40,17 @@ SCORE_MODEL_FORMAT = 2
 # snapshot_iters and continue, and compile/channels_last/log_every are how it runs, not what it makes.
 _TRAINING_NOT_IN_CHECKPOINTS = ("n_iters", "snapshot_iters", "log_every", "compile", "channels_last")
 # Detector keys that only change scoring or speed: a new k or threshold re-scores, it does not retrain.
-_DETECTOR_SCORING_ONLY = ("k", "threshold_quantile", "feature_batch_size", "compile")
+_DETECTOR_SCORING_ONLY = ("k", "threshold_quantile", "feature_batch_size", "compile", "maps")
 _CHECKPOINT = re.compile(r"ckpt_(\d+)\.pt")
 
 # What Detector.save writes and Detector.load reads.
-SAVED = ("config.json", "detector/model.pt", "detector/bank.pt")
+SAVED = ("config.json", "detector/model.pt", "detector/bank.pt", "detector/patches.pt")
 # Made from a saved detector by `fitm predict` and `fitm export`: they describe the model they were made from.
 DERIVED = ("predictions.csv", "detector.onnx")
 # What only the stages write (sde/ too): a folder holding any of them holds a run, not only a saved detector.
 STAGE_OUTPUTS = ("fakes.npy", "fakes.json", "fakes.png", "detector/train_log.csv", "scores.csv", "metrics.json",
-                 "nnd.csv", "roc.png", "scores_hist.png", "extremes.png", "report.html")
+                 "durations.json", "nnd.csv", "roc.png", "scores_hist.png", "extremes.png", "heatmaps.png", "wrong.png",
+                 "report.html")
 LOG, LOCK = "fitm.log", ".fitm.lock"
 _held_locks: dict[Path, int] = {}  # run folder -> the file descriptor of its lock, for the runs this process writes
 
@@ -364,7 +366,36 @@ class Run:
                             "`fitm detect` again to remake it") from None
         return bank
 
+    def save_patch_bank(self, patches: torch.Tensor | None) -> None:
+        """The normal images' patch tokens that anomaly maps are scored against (none: no map for this backbone)."""
+        path = self.dir / "detector" / "patches.pt"
+        if self.writer and patches is None:
+            path.unlink(missing_ok=True)
+        elif self.writer:
+            save_torch({"features": patches.cpu()}, path)
+
+    def load_patch_bank(self) -> torch.Tensor | None:
+        """The patch bank, or None when the run has none (a backbone without patch tokens, an older fitm)."""
+        path = self.dir / "detector" / "patches.pt"
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["features"]
+        except Exception as e:
+            raise FitmError(f"--run {self.dir}: detector/patches.pt cannot be read ({_first_line(e)}); run "
+                            "`fitm detect` again to remake it") from None
+
     # --- results ------------------------------------------------------------------------------------------
+
+    def record_duration(self, stage: str, seconds: float) -> None:
+        """durations.json: how long each stage took when it last ran (a stage found up to date keeps its entry)."""
+        if self.writer:
+            durations = self.durations()
+            durations[stage] = {"seconds": round(seconds, 2), "finished": datetime.now().isoformat(sep=" ", timespec="seconds")}
+            save_json(durations, self.dir / "durations.json")
+
+    def durations(self) -> dict:
+        return _read_json(self.dir / "durations.json", "durations") or {}
 
     def save_results(self, metrics: dict, scores: list[dict]) -> None:
         if self.writer:
@@ -394,6 +425,15 @@ class Run:
             raise FitmError(f"{self.dir}: scores.csv holds {len(rows)} rows but metrics.json counts "
                             f"{expected} test images (a damaged file); run `fitm detect` again to remake it")
         return index, labels, scores
+
+    def score_rows(self) -> list[dict]:
+        """scores.csv as read: index, group, label, score and path (strings) of every test image."""
+        try:
+            with open(self.dir / "scores.csv", newline="") as f:
+                return list(csv.DictReader(f))
+        except OSError as e:
+            raise FitmError(f"--run {self.dir}: scores.csv cannot be read ({_first_line(e)}); run `fitm detect` "
+                            "again to remake it") from None
 
     def save_table(self, rows: list[dict], name: str) -> None:
         if self.writer:

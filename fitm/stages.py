@@ -5,6 +5,7 @@ same stage calls on its share of the work; only the main rank writes."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +18,10 @@ from fitm.config import fakes_count
 from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
 from fitm.data.cheap_fakes import cheap_fakes
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
+from fitm.detector.evaluate import auroc_per_group, confusion
 from fitm.detector.evaluate import metrics as compute_metrics
+from fitm.detector.maps import NoPatchTokens, anomaly_maps, patch_bank
+from fitm.detector.pixel_metrics import aupro, pixel_auroc
 from fitm.detector.train import extract_features, linear_probe, train_discriminator
 from fitm.errors import FitmError
 from fitm.knn import knn_scores, leave_one_out_scores, pixel_vectors
@@ -47,12 +51,15 @@ class Task:
 def generate(task: Task, force: bool = False) -> np.ndarray:
     """Train the score model on the normal class, then sample fakes from the chosen early-stop checkpoint."""
     run, config, split, runtime = task.run, task.config, task.split, task.runtime
+    start = time.perf_counter()
     key = fakes_key(config, split)
     if not force and (fakes := run.load_fakes(key)) is not None:
         log.info("generate: %s is up to date, skipped", run.path("fakes.npy"))
         return fakes
 
-    return _score_model_fakes(task, key, force) if config.fakes.source == "sde" else _cheap_fakes(task, key)
+    fakes = _score_model_fakes(task, key, force) if config.fakes.source == "sde" else _cheap_fakes(task, key)
+    run.record_duration("generate", time.perf_counter() - start)
+    return fakes
 
 
 def _score_model_fakes(task: Task, key: str, force: bool) -> np.ndarray:
@@ -182,6 +189,7 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     """Fine-tune the backbone to tell normal (0) from fake (1); kept in detector/model.pt with its end-of-training
     figures (the summary: final accuracy, epochs, steps)."""
     run, config, runtime, det = task.run, task.config, task.runtime, task.config.detector
+    start = time.perf_counter()
     train_images, _ = holdout(task.split.normal_train, det.holdout_fraction, config.seed)
     key = detector_key(config, task.split, fakes)
     if not force and (saved := run.load_detector(key)) is not None:
@@ -203,6 +211,7 @@ def detect(task: Task, fakes: np.ndarray, force: bool = False) -> tuple[torch.nn
     run.save_detector(model.state_dict(), key, summary)
     log.info("detect: saved the discriminator to %s (accuracy %.3f, balanced %.3f, on normal vs fake in its last "
              "epoch)", run.path("detector/model.pt"), summary["final_accuracy"], summary["final_balanced_accuracy"])
+    run.record_duration("detect", time.perf_counter() - start)
     return model.eval(), summary
 
 
@@ -236,18 +245,23 @@ def fit_bank(task: Task, model: torch.nn.Module) -> tuple[torch.Tensor, dict]:
 
 
 def evaluate(task: Task, model: torch.nn.Module, summary: dict, nnd: bool = False, fsde: str | None = None) -> dict:
-    """Score the test set, run the CIFAR-10 evaluations asked for, and write metrics, scores.csv and the report."""
+    """Score the test set, run the CIFAR-10 evaluations asked for, locate the anomalies, and write metrics,
+    scores.csv and the report."""
+    start = time.perf_counter()
     check_cifar10_evaluations(task.config, nnd, fsde)
     score, test_scores, result = score_test_set(task, model, summary)
     normal_scores = test_scores[task.split.test_labels == 0]
     result.update(cifar10_evaluations(task, normal_scores, score, nnd, fsde))
-    write_evaluation(task, result, test_scores)
+    maps_of = localize(task, model, result)
+    task.run.record_duration("evaluate", time.perf_counter() - start)
+    write_evaluation(task, result, test_scores, maps_of)
     return result
 
 
 def score_test_set(task: Task, model: torch.nn.Module, summary: dict) -> tuple[Callable, np.ndarray, dict]:
-    """The bank and threshold, the test set's kNN scores and metrics, and kNN on raw pixels beside them; returns
-    the scoring function too (images -> scores), for the further evaluations."""
+    """The bank and threshold, the test set's kNN scores and metrics (per defect type and at the threshold too), and
+    kNN on raw pixels beside them; returns the scoring function too (images -> scores), for the further
+    evaluations."""
     split, runtime, det = task.split, task.runtime, task.config.detector
     bank, threshold = fit_bank(task, model)
     score = lambda images: knn_scores(_finite(extract_features(model, images, det, runtime), det), bank,
@@ -260,14 +274,17 @@ def score_test_set(task: Task, model: torch.nn.Module, summary: dict) -> tuple[C
                                                 split.test_labels)["auroc"]
     result["detector"] = summary
     result.update(threshold)
+    result["confusion"] = confusion(test_scores, split.test_labels, threshold["threshold"])
+    result["auroc_per_defect"] = auroc_per_group(test_scores, split.test_labels, split.test_groups)
     if result["pixel_knn_auroc"] > result["auroc"]:
         log.warning("evaluate: kNN on the raw pixels scores higher on this test set (AUROC %.4f against %.4f)",
                     result["pixel_knn_auroc"], result["auroc"])
     return score, test_scores, result
 
 
-def write_evaluation(task: Task, result: dict, test_scores: np.ndarray) -> None:
-    """metrics.json, scores.csv (one row per test image) and, on the main rank, the pictures and report.html."""
+def write_evaluation(task: Task, result: dict, test_scores: np.ndarray, maps_of: Callable | None = None) -> None:
+    """metrics.json, scores.csv (one row per test image) and, on the main rank, the pictures and report.html (with
+    `maps_of`, test indices -> their anomaly maps, the map pictures too)."""
     run, split = task.run, task.split
     rows = [
         {
@@ -281,7 +298,43 @@ def write_evaluation(task: Task, result: dict, test_scores: np.ndarray) -> None:
     ]
     run.save_results(result, rows)
     if run.writer:
-        report.draw(run, test_images=split.test_images)
+        report.draw(run, test_images=split.test_images, maps_of=maps_of, masks=split.test_masks,
+                    config=task.config)
+
+
+def fit_patch_bank(task: Task, model: torch.nn.Module) -> torch.Tensor | None:
+    """The normal training images' patch tokens that anomaly maps are scored against, saved in detector/patches.pt;
+    None (with one log line) for a backbone without patch tokens or a feature map."""
+    det = task.config.detector
+    bank_images, _ = holdout(task.split.normal_train, det.holdout_fraction, task.config.seed)
+    try:
+        patches = patch_bank(model, bank_images, det, task.runtime, task.config.seed)
+    except NoPatchTokens as e:
+        log.warning("maps: %s; no anomaly maps or pixel metrics for this run", e)
+        patches = None
+    task.run.save_patch_bank(patches)
+    return patches
+
+
+def localize(task: Task, model: torch.nn.Module, result: dict) -> Callable | None:
+    """The patch bank, and where the dataset has masks the anomaly maps of every test image, with their pixel AUROC
+    and AUPRO (FPR up to 0.3) added to `result`. Returns test indices -> their maps, for the report (None for a
+    backbone without patch tokens); without masks only the maps the report shows are computed."""
+    split, det, runtime = task.split, task.config.detector, task.runtime
+    patches = fit_patch_bank(task, model)
+    if patches is None:
+        return None
+    if split.test_masks is None:
+        log.info("evaluate: the test set has no ground-truth masks; image metrics only")
+        return lambda index: anomaly_maps(model, split.test_images[index], patches, det, runtime)
+    maps = anomaly_maps(model, split.test_images, patches, det, runtime)
+    if not split.test_masks.any():
+        log.warning("evaluate: every ground-truth mask is empty; no pixel metrics")
+    else:
+        result["pixel_auroc"], result["aupro"] = pixel_auroc(maps, split.test_masks), aupro(maps, split.test_masks)
+        log.info("evaluate: pixel AUROC %.4f, AUPRO %.4f (FPR up to 0.3) over %d test images", result["pixel_auroc"],
+                 result["aupro"], len(maps))
+    return lambda index: maps[index]
 
 
 def _finite(features: torch.Tensor, det) -> torch.Tensor:

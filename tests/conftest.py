@@ -52,12 +52,18 @@ def write_image():
 
 @pytest.fixture
 def mvtec_root(tmp_path) -> Path:
-    """Two MVTec AD categories of 20x20 PNGs: bottle (RGB) and grid (grayscale, as MVTec's grid is),
-    with ground_truth masks that must be ignored."""
+    """Two MVTec AD categories of 20x20 PNGs: bottle (RGB) and grid (grayscale, as MVTec's grid is), with a
+    ground-truth mask per defective test image (ground_truth/<defect>/<name>_mask.png: 0, and 255 on a square at
+    rows and columns 5..9 shifted by the image's number)."""
     root = tmp_path / "mvtec"
     for category, gray in (("bottle", False), ("grid", True)):
-        _make_image_tree(root / category, {"train/good": 4, "test/good": 2, "test/broken": 2, "test/bent": 1,
-                                           "ground_truth/broken": 2}, size=(20, 20), gray=gray)
+        spec = {"train/good": 4, "test/good": 2, "test/broken": 2, "test/bent": 1}
+        _make_image_tree(root / category, spec, size=(20, 20), gray=gray)
+        for defect in ("broken", "bent"):
+            for i in range(spec[f"test/{defect}"]):
+                mask = np.zeros((20, 20), np.uint8)
+                mask[5 + i:10 + i, 5 + i:10 + i] = 255
+                _write_image(root / category / "ground_truth" / defect / f"{i:03d}_mask.png", mask)
     return root
 
 

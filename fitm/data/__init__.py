@@ -16,7 +16,8 @@ from fitm.errors import FitmError
 @dataclass
 class Split:
     """One normal class's data. Test labels: 0 normal, 1 anomalous; test_groups names the source class
-    or defect of each test image; test_paths is set only where images came from files."""
+    or defect of each test image; test_paths is set only where images came from files; test_masks (N, H, W) uint8,
+    1 on anomalous pixels, only where the dataset has ground-truth masks (all zero on normal images)."""
 
     normal_train: np.ndarray
     test_images: np.ndarray
@@ -24,6 +25,7 @@ class Split:
     test_groups: np.ndarray
     test_paths: np.ndarray | None
     class_name: str
+    test_masks: np.ndarray | None = None
 
     @classmethod
     def one_vs_all(cls, train_images: np.ndarray, train_targets, test_images: np.ndarray, test_targets,

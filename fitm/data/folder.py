@@ -1,6 +1,7 @@
 """Any images on disk: <root>/train/<class>/ holds the normal training images, <root>/test/<class>/ the
-normal test images, and every other folder under <root>/test/ anomalous ones. MVTec AD categories and
-the CIFAR-10 JPEG tree have this layout, so their adapters read through here too."""
+normal test images, and every other folder under <root>/test/ anomalous ones; <root>/masks/<folder>/<name>.png, when
+<root>/masks/ exists, the ground-truth mask of each anomalous test image <root>/test/<folder>/<name>.*. MVTec AD
+categories and the CIFAR-10 JPEG tree have this layout, so their adapters read through here too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from fitm.data import Split
 from fitm.data.images import list_images, read_images
+from fitm.data.masks import read_masks
 from fitm.errors import FitmError
 
 
@@ -28,7 +30,12 @@ def train_classes(root: str) -> list[str]:
 
 
 def load_split(data_cfg, class_name: str) -> Split:
-    return read_image_tree(Path(data_cfg.root), class_name, data_cfg.image_size)
+    root = Path(data_cfg.root)
+    split = read_image_tree(root, class_name, data_cfg.image_size)
+    if (root / "masks").is_dir():
+        split.test_masks = read_masks(root / "masks", "", split.test_paths, split.test_labels, split.test_groups,
+                                      data_cfg.image_size)
+    return split
 
 
 def read_image_tree(root: Path, normal: str, size: int, class_name: str | None = None) -> Split:

@@ -1,5 +1,6 @@
-"""MVTec AD: <root>/<category>/train/good/ normal, <root>/<category>/test/<defect>/ with 'good' normal;
-ground_truth/ masks are not used (image-level AUROC only)."""
+"""MVTec AD: <root>/<category>/train/good/ normal, <root>/<category>/test/<defect>/ with 'good' normal, and the
+masks of the defective test images in <root>/<category>/ground_truth/<defect>/<name>_mask.png (a category without
+ground_truth/ is scored per image only)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from fitm.data import Split
 from fitm.data.folder import read_image_tree, subfolders
+from fitm.data.masks import read_masks
 from fitm.errors import FitmError
 
 CATEGORIES = (
@@ -35,4 +37,8 @@ def load_split(data_cfg, category: str) -> Split:
     if not folder.is_dir():
         raise FitmError(f"--data-root {data_cfg.root}: no MVTec AD category {category!r} there "
                         f"(expected {folder}/train/good/)")
-    return read_image_tree(folder, "good", data_cfg.image_size, class_name=category)
+    split = read_image_tree(folder, "good", data_cfg.image_size, class_name=category)
+    if (folder / "ground_truth").is_dir():
+        split.test_masks = read_masks(folder / "ground_truth", "_mask", split.test_paths, split.test_labels,
+                                      split.test_groups, data_cfg.image_size)
+    return split

@@ -39,3 +39,21 @@ def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of the ROC curve, for plotting."""
     scores, labels = _check(scores, labels)
     return roc_curve(labels, scores)
+
+
+def auroc_per_group(scores, labels, groups) -> dict:
+    """Image AUROC of each anomalous group (an MVTec defect type, another class) against all normal test images."""
+    scores, labels = _check(scores, labels)
+    groups = np.asarray(groups)
+    normal = labels == 0
+    return {str(g): float(roc_auc_score(np.r_[np.zeros(normal.sum()), np.ones((groups == g).sum())],
+                                        np.r_[scores[normal], scores[groups == g]]))
+            for g in sorted(set(groups[labels == 1].tolist()))}
+
+
+def confusion(scores, labels, threshold: float) -> dict:
+    """Counts at the predict threshold (anomalous when score > threshold): true/false positives/negatives."""
+    scores, labels = _check(scores, labels)
+    called = scores > threshold
+    return {"tp": int((called & (labels == 1)).sum()), "fp": int((called & (labels == 0)).sum()),
+            "tn": int((~called & (labels == 0)).sum()), "fn": int((~called & (labels == 1)).sum())}

@@ -41,6 +41,11 @@ def test_fit_score_predict_save_load(fitted, digits, tmp_path):
     same = fitm.Detector.load(fitted.save(tmp_path / "saved"), quiet=True)
     assert np.array_equal(same.score(others[:20], resize=True), scores)
     assert same.threshold == fitted.threshold
+    maps = fitted.anomaly_map(others[:20], resize=True)
+    assert maps.shape == (20, 8, 8) and maps.dtype == np.float32
+    assert np.array_equal(same.anomaly_map(others[:20], resize=True), maps)
+    # other digits' maps are higher than those of unseen zeros
+    assert np.median(maps.mean((1, 2))) > np.median(fitted.anomaly_map(normal[80:], resize=True).mean((1, 2)))
 
 
 def test_folders_and_files_score_as_arrays_do(fitted, digits, tmp_path):
@@ -67,6 +72,12 @@ def test_bad_use_is_one_clear_fitm_error(fitted, digits):
         fitted.score(np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(fitm.FitmError, match="at least 2"):
         fitm.Detector.from_config(TINY, quiet=True).fit(normal[:1])
+    patches, fitted._patches = fitted._patches, None  # as a backbone without patch tokens leaves it
+    try:
+        with pytest.raises(fitm.FitmError, match=r"anomaly maps: .* has no patch bank \(detector/patches.pt\)"):
+            fitted.anomaly_map(normal[:2], resize=True)
+    finally:
+        fitted._patches = patches
 
 
 def test_exported_onnx_scores_as_predict_does(fitted, digits, tmp_path, capsys):
@@ -86,9 +97,13 @@ def test_exported_onnx_scores_as_predict_does(fitted, digits, tmp_path, capsys):
         main(["export", "--run", str(run), "--out", str(tmp_path / "detector.onnx")])
     assert exit_info.value.code == 0 and "exported" in capsys.readouterr().out
     session = ort.InferenceSession(str(tmp_path / "detector.onnx"))
-    scores, anomalous = session.run(None, {"images": batch})
+    assert [o.name for o in session.get_outputs()] == ["scores", "anomalous", "maps"]
+    scores, anomalous, maps = session.run(None, {"images": batch})
     np.testing.assert_allclose(scores, predicted, rtol=1e-4)
     assert np.array_equal(anomalous, scores > fitted.threshold)
+    expected = fitted.anomaly_map(batch)
+    assert maps.shape == expected.shape == (16, 8, 8)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
     meta = session.get_modelmeta().custom_metadata_map
     assert float(meta["fitm.threshold"]) == pytest.approx(fitted.threshold) and meta["fitm.k"] == "2"
 

@@ -85,13 +85,14 @@ def test_report_redraws_pictures_and_html(digits_run, capsys):
     (digits_run / "report.html").unlink()
     code, out, _ = run_cli(capsys, "report", str(digits_run))
     assert code == 0 and "report.html" in out
-    pictures = ["roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png"]
+    pictures = ["heatmaps.png", "roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png"]  # maps without
+    # masks too: the digits' ViT has patch tokens
     page = (digits_run / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     for name in pictures:
         assert (digits_run / name).read_bytes()[:8] == PNG_MAGIC, name
         assert f'src="{name}"' in page, name
-    assert "auroc" in page
+    assert "image AUROC" in page and "pixel AUROC" not in page  # no masks, no pixel metrics
 
 
 def test_report_puts_a_near_chance_detector_and_better_raw_pixels_first(digits_run, tmp_path):

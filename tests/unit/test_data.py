@@ -182,6 +182,22 @@ def test_mvtec_split(mvtec_root):
     assert all("/bottle/test/" in p for p in split.test_paths)  # ground_truth masks are not test images
 
 
+def test_mvtec_masks_are_read_and_resized_with_the_images(mvtec_root):
+    split = load_split(cfg("mvtec", "bottle", mvtec_root, image_size=10))  # 20 px files: half size, nearest
+    assert split.test_masks.shape == (5, 10, 10) and split.test_masks.dtype == np.uint8
+    assert not split.test_masks[split.test_labels == 0].any()  # good images: all zero, no file needed
+    expected = np.zeros((10, 10), np.uint8)
+    expected[3:5, 3:5] = 1  # broken/001: rows and columns 6..10 of 20
+    assert (split.test_masks[2] == expected).all()  # groups sorted: bent/000, broken/000, broken/001, good, good
+
+
+def test_mvtec_without_ground_truth_has_no_masks(mvtec_root):
+    import shutil
+
+    shutil.rmtree(mvtec_root / "bottle" / "ground_truth")
+    assert load_split(cfg("mvtec", "bottle", mvtec_root, image_size=10)).test_masks is None
+
+
 def test_mvtec_grayscale_category_becomes_rgb(mvtec_root):
     split = load_split(cfg("mvtec", "grid", mvtec_root, image_size=20))
     check_split(split, 20)
@@ -215,6 +231,19 @@ def test_folder_split(tmp_path, make_image_tree):
     assert list(split.test_groups) == ["dented", "parts", "parts", "scratched", "scratched"]
     assert list(split.test_labels) == [1, 0, 0, 1, 1]
     assert (split.test_images[1:3] == written["test/parts"]).all()
+
+
+def test_folder_masks_layout(tmp_path, make_image_tree, write_image):
+    make_image_tree(tmp_path, {"train/parts": 3, "test/parts": 2, "test/scratched": 1}, size=(16, 16))
+    assert load_split(cfg("folder", "", tmp_path, image_size=16)).test_masks is None  # no masks/ folder
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 2:6] = 255
+    write_image(tmp_path / "masks" / "scratched" / "000.png", mask)
+    split = load_split(cfg("folder", "", tmp_path, image_size=16))
+    assert (split.test_masks[2] == (mask > 0)).all() and not split.test_masks[:2].any()
+    (tmp_path / "masks" / "scratched" / "000.png").unlink()
+    with pytest.raises(FitmError, match=r"masks/scratched/000.png: no such mask .*test/scratched/000.png"):
+        load_split(cfg("folder", "", tmp_path, image_size=16))
 
 
 def test_folder_errors(tmp_path, make_image_tree):
