@@ -170,7 +170,7 @@ def _pictures(run: Run) -> list[tuple[str, str]]:
 
 
 # What report.html shows of fakes.json: how the fakes were made and whether they are near-misses or blanks.
-_FAKES_FACTS = ("step", "sampler", "corrector", "steps", "nfe", "count", "degenerate_fraction",
+_FAKES_FACTS = ("source", "noise_std", "blur_sigma", "step", "trained_steps", "snapshots_not_trained", "sampler", "corrector", "steps", "nfe", "count", "degenerate_fraction",
                 "normal_degenerate_fraction", "closeness", "coverage", "nearness")
 
 
