@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,10 +48,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_failure(path: Path, e: OSError) -> str:
     """One line for a write the file system refused."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and _nearly_full(path.parent)):
         return f"{path}: no space left on the device to write it (the previous file, if any, is kept); free some " \
                "space and run the same command again"
     return f"{path}: cannot be written ({e.strerror or e})"
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Whether a write that failed without an errno (numpy's tofile says only "N requested and M written",
+    torch's writer "unexpected pos") failed for want of room: less than 16 MiB left."""
+    try:
+        return shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        return False
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
@@ -70,8 +80,12 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (torch's own writer
-            torch.save(obj, f)      # reports it as an unexplained RuntimeError)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:  # torch's writer says only "unexpected pos ..." or "file write failed"
+            if _nearly_full(tmp.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            raise
 
 
 def save_csv(rows: list[dict], path: str | os.PathLike) -> None:
