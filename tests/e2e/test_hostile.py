@@ -129,7 +129,7 @@ def test_save_replaces_a_saved_detector_with_its_onnx_and_refuses_a_run(run_copy
     (saved / "predictions.csv").write_text("path,score\n")
     detector.save(saved)  # again: the stale export and predictions go
     assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file() and p.name != ".fitm.lock") == \
-        ["config.json", "detector/bank.pt", "detector/model.pt"]
+        ["config.json", "detector/bank.pt", "detector/model.pt", "detector/patches.pt"]
     assert detector.save(run_copy) == run_copy and snapshot(run_copy) == before  # its own folder: nothing to do
 
 
