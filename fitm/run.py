@@ -382,7 +382,7 @@ class Run:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)["features"]
         except Exception as e:
-            raise FitmError(f"--run {self.dir}: detector/patches.pt cannot be read ({_first_line(e)}); run "
+            raise FitmError(f"{self.dir}: detector/patches.pt cannot be read ({_first_line(e)}); run "
                             "`fitm detect` again to remake it") from None
 
     # --- results ------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ class Run:
             with open(self.dir / "scores.csv", newline="") as f:
                 return list(csv.DictReader(f))
         except OSError as e:
-            raise FitmError(f"--run {self.dir}: scores.csv cannot be read ({_first_line(e)}); run `fitm detect` "
+            raise FitmError(f"{self.dir}: scores.csv cannot be read ({_first_line(e)}); run `fitm detect` "
                             "again to remake it") from None
 
     def save_table(self, rows: list[dict], name: str) -> None:

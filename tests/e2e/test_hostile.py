@@ -24,6 +24,7 @@ from PIL import Image
 import fitm
 from fitm.cli import main
 from fitm.errors import FitmError
+from fitm.run import SAVED
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny_digits.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -129,7 +130,7 @@ def test_save_replaces_a_saved_detector_with_its_onnx_and_refuses_a_run(run_copy
     (saved / "predictions.csv").write_text("path,score\n")
     detector.save(saved)  # again: the stale export and predictions go
     assert sorted(p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file() and p.name != ".fitm.lock") == \
-        ["config.json", "detector/bank.pt", "detector/model.pt", "detector/patches.pt"]
+        sorted(SAVED)
     assert detector.save(run_copy) == run_copy and snapshot(run_copy) == before  # its own folder: nothing to do
 
 
@@ -266,12 +267,12 @@ def test_a_full_file_system_during_a_checkpoint_and_fakes_write(finished, tmp_pa
     """
     done = _namespace_shell(script, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    for name, file in (("fakes", "fakes.npy"), ("ckpt", "ckpt_30.pt")):
+    for name, file in (("fakes", "fakes.npy"), ("ckpt", "sde/ckpt_")):
         assert (tmp_path / f"{name}.rc").read_text().strip() == "2"
         one_line((tmp_path / f"{name}.err").read_text(), file, "no space left on the device")
     before, after = (snapshot(tmp_path / folder / "digits/3") for folder in ("before", "after"))
-    assert set(after) == set(before)  # no half-written fakes.npy, no ckpt_30.pt, no temporary file
-    for name in ("fakes.npy", "fakes.json", "sde/ckpt_10.pt", "sde/ckpt_20.pt"):
+    assert set(after) == set(before)  # no half-written fakes.npy, no new checkpoint, no temporary file
+    for name in ("fakes.npy", "fakes.json", "sde/ckpt_10.pt"):
         assert after[name] == before[name], name
 
 
@@ -310,7 +311,7 @@ def _wait_for(path: Path, job: subprocess.Popen) -> None:
 
 
 @pytest.mark.parametrize("signum, command, marker, code", [
-    (signal.SIGTERM, "generate", "sde/ckpt_10.pt", 143),  # while the score model trains on to step 60
+    (signal.SIGTERM, "generate", "sde/ckpt_10.pt", 143),  # while the score model trains on to step 60 (last)
     (signal.SIGINT, "detect", "detector/train_log.csv", 130),  # after the first of 20 epochs of the detector
 ])
 def test_sigterm_and_sigint_stop_with_one_line_and_a_rerun_resumes(finished, tmp_path, capsys, signum, command,
@@ -319,7 +320,8 @@ def test_sigterm_and_sigint_stop_with_one_line_and_a_rerun_resumes(finished, tmp
     if command == "detect":  # the run's fakes, without its detector
         shutil.copytree(finished["run"], run)
         shutil.rmtree(run / "detector")
-    args = [command, *PIPELINE[1:], "--set", "training.n_iters=60", "--set", "detector.epochs=20"]
+    args = [command, *PIPELINE[1:], "--set", "training.n_iters=60", "--set", "fakes.checkpoint=last", "--set",
+            "detector.epochs=20"]
     job = _start(args, tmp_path)
     _wait_for(run / marker, job)
     job.send_signal(signum)
@@ -415,7 +417,7 @@ def before_rename_of(file):
 
 point = sys.argv[1]
 if point == "score training":
-    after(fitm.run.ScoreModelFiles, "save_checkpoint", lambda files, step, state: step == 10)
+    before_rename_of("ckpt_10.pt")  # its last step: trained, never saved
 elif point == "sampling":
     before_rename_of("fakes.npy")
 elif point == "detector training":
@@ -430,8 +432,8 @@ main(sys.argv[2:])
 
 # Each kill point and what the killed run must have left: the files of the stages before it, none of its own.
 KILL_POINTS = [
-    ("score training", "sde/ckpt_10.pt", "sde/ckpt_20.pt"),
-    ("sampling", "sde/ckpt_20.pt", "fakes.npy"),
+    ("score training", "sde/inputs.json", "sde/ckpt_10.pt"),
+    ("sampling", "sde/ckpt_10.pt", "fakes.npy"),
     ("detector training", "fakes.npy", "detector/model.pt"),
     ("features", "detector/model.pt", "detector/bank.pt"),
     ("report", "metrics.json", "report.html"),
@@ -454,7 +456,7 @@ def test_kill_9_at_every_stage_boundary_then_a_rerun_equals_an_uninterrupted_run
     reference = finished["run"]
     for name in ("metrics.json", "scores.csv", "fakes.npy", "fakes.json", "config.json"):
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
-    for name, key in (("sde/ckpt_10.pt", "ema"), ("sde/ckpt_20.pt", "model"), ("detector/model.pt", "state_dict")):
+    for name, key in (("sde/ckpt_10.pt", "ema"), ("sde/ckpt_10.pt", "model"), ("detector/model.pt", "state_dict")):
         a, b = (torch.load(r / name, weights_only=True)[key] for r in (run, reference))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     a, b = (torch.load(r / "detector/bank.pt", weights_only=True) for r in (run, reference))
