@@ -78,7 +78,7 @@ def test_one_class_on_two_ranks_follows_the_one_process_run(tmp_path):
             assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5), log
     # The fakes' batches are seeded by index and gathered in order: the same images from 2 ranks as from 1.
     assert np.array_equal(np.load(a / "fakes.npy"), np.load(b / "fakes.npy"))
-    for name, key in (("sde/ckpt_20.pt", "model"), ("detector/model.pt", "state_dict")):
+    for name, key in (("sde/ckpt_10.pt", "model"), ("detector/model.pt", "state_dict")):
         wa, wb = (torch.load(run / name, weights_only=True)[key] for run in (a, b))
         assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5, name
     ma, mb = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
@@ -100,7 +100,7 @@ def test_a_killed_two_rank_job_resumes_where_it_stopped(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     job = subprocess.Popen([*launcher, "-m", "fitm", *args, "--out", str(out)], env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "digits/5/sde/ckpt_20.pt"
+    first = out / "digits/5/sde/ckpt_10.pt"
     deadline = time.monotonic() + TIMEOUT
     while not first.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -151,7 +151,7 @@ def rerun(capsys, out) -> tuple[int, str, str]:
     ("fakes.npy", "truncate"),
     ("fakes.json", b"{not json"),
     ("sde/inputs.json", b"\x00\x01garbage"),
-    ("sde/ckpt_20.pt", "truncate"),
+    ("sde/ckpt_10.pt", "truncate"),
 ])
 def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finished, copy_of, capsys, name, damage):
     """The score model's files are read only when the fakes are made again, so for them fakes.npy goes too."""
@@ -171,7 +171,7 @@ def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finishe
 
 def test_leftovers_of_an_interrupted_write_are_removed(finished, copy_of, capsys):
     out, run = copy_of
-    leftovers = [run / "sde" / ".ckpt_20.pt.abc123.tmp.pt", run / ".fakes.npy.xyz.tmp.npy"]
+    leftovers = [run / "sde" / ".ckpt_10.pt.abc123.tmp.pt", run / ".fakes.npy.xyz.tmp.npy"]
     for path in leftovers:
         path.write_bytes(b"half")
     code, _, err = rerun(capsys, out)
@@ -257,7 +257,7 @@ def test_a_key_that_only_changes_scoring_does_not_retrain(finished, copy_of, cap
                            "--set", setting)
     assert code == 0, err
     after = snapshot(run)
-    for name in ("fakes.npy", "detector/model.pt", "sde/ckpt_20.pt"):
+    for name in ("fakes.npy", "detector/model.pt", "sde/ckpt_10.pt"):
         assert after[name] == before[name], name
     log = (run / "fitm.log").read_text()
     assert "fakes.npy is up to date, skipped" in log and "model.pt is up to date, skipped" in log
