@@ -171,7 +171,7 @@ def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finishe
 
 def test_leftovers_of_an_interrupted_write_are_removed(finished, copy_of, capsys):
     out, run = copy_of
-    leftovers = [run / "sde" / ".ckpt_20.pt.abc123.tmp.pt", run / ".fakes.npy.xyz.tmp.npy"]
+    leftovers = [run / "sde" / ".ckpt_10.pt.abc123.tmp.pt", run / ".fakes.npy.xyz.tmp.npy"]
     for path in leftovers:
         path.write_bytes(b"half")
     code, _, err = rerun(capsys, out)
