@@ -30,6 +30,7 @@ from fitm.io import save_csv  # noqa: E402
 from fitm.run import Run  # noqa: E402
 from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde.early_stop import AutoChoice  # noqa: E402
+from fitm.sde.early_stop import settled as early_stop_settled  # noqa: E402
 
 
 def class_rows(run: Run, config, patiences: list[int], runtime: Runtime) -> list[dict]:
@@ -41,8 +42,8 @@ def class_rows(run: Run, config, patiences: list[int], runtime: Runtime) -> list
         auto.observe(step)
     rows = []
     for patience in patiences:
-        settled = next((i for i in range(patience, len(steps)) if auto.choices[i] is not None
-                        and len(set(auto.choices[i - patience:i + 1])) == 1), len(steps) - 1)
+        settled = next((i for i in range(len(steps)) if early_stop_settled(auto.choices[:i + 1], patience)),
+                       len(steps) - 1)
         rows.append({"class": split.class_name, "seed": config.seed, "patience": patience,
                      "snapshots": " ".join(map(str, steps)),
                      "nearness": " ".join(f"{r['nearness']:.3f}" for r in auto.table), "choice_all": auto.step,

@@ -75,6 +75,12 @@ def fakes_signal(normal: np.ndarray, fakes: np.ndarray, config, device) -> dict:
     return nearness(bank, fakes[: len(held_out)], held_out, device)
 
 
+def settled(choices: list[int | None], patience: int) -> bool:
+    """Whether the latest choice (None: none usable yet) has stayed the same over `patience` further snapshots."""
+    recent = choices[-(patience + 1):]
+    return len(recent) == patience + 1 and recent[0] is not None and len(set(recent)) == 1
+
+
 class AutoChoice:
     """'auto' measuring each snapshot as training writes it (`observe`, the `after_snapshot` of
     train_score_model), and saying when the choice is settled."""
@@ -92,8 +98,7 @@ class AutoChoice:
         self.table.append({"step": step, **nearness(self.bank, fakes, self.held_out, self.runtime.device),
                            "degenerate": degenerate_fraction(fakes, self.config.fakes.degenerate)})
         self.choices.append(self.step if any(self._usable()) else None)
-        recent = self.choices[-(self.config.fakes.patience + 1):]
-        return len(recent) == self.config.fakes.patience + 1 and recent[0] is not None and len(set(recent)) == 1
+        return settled(self.choices, self.config.fakes.patience)
 
     @property
     def step(self) -> int:

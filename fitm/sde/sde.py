@@ -35,14 +35,17 @@ class VPSDE:
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
+    def log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean coefficient, std) of x_t | x_0 = N(a x_0, s^2 I); expm1 keeps s accurate at tiny t."""
-        log_mean = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        log_mean = self.log_mean_coeff(t)
         return log_mean.exp(), (-torch.expm1(2 * log_mean)).sqrt()
 
     def half_log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) = log(a / s), the time variable of DPM-Solver: strictly decreasing in t."""
-        log_mean = -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        log_mean = self.log_mean_coeff(t)
         return log_mean - 0.5 * torch.log(-torch.expm1(2 * log_mean))
 
     def time_of(self, half_log_snr: torch.Tensor) -> torch.Tensor:
