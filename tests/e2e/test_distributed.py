@@ -100,7 +100,7 @@ def test_a_killed_two_rank_job_resumes_where_it_stopped(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     job = subprocess.Popen([*launcher, "-m", "fitm", *args, "--out", str(out)], env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "digits/5/sde/ckpt_10.pt"
+    first = out / "digits/5/sde/ckpt_20.pt"
     deadline = time.monotonic() + TIMEOUT
     while not first.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
