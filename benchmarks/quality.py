@@ -6,9 +6,10 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
 
 - pretrained_knn: kNN (k = 2) on the backbone's features, no fine-tuning (the paper's baseline);
 - fitm: end to end (score model, the snapshot the config chooses, the detector fine-tuned on its fakes);
-- late_fakes / noised_normals / blurred_normals: the same detector fine-tuned on other "fakes": the last
-  snapshot's (fitm's own when the config takes the last, as configs/cifar10_cpu.py does), Gaussian-noised
-  normals (fakes.noise_std, 0.1 of the range), blurred normals (fakes.blur_sigma, 1.5 px): fakes.source's kinds;
+- late_fakes / noised_normals / blurred_normals / cutpaste_normals: the same detector fine-tuned on other "fakes":
+  the last snapshot's (fitm's own when the config takes the last, as configs/cifar10_cpu.py does), and
+  fakes.source's cheap kinds: Gaussian-noised normals (fakes.noise_std, 0.1 of the range), blurred normals
+  (fakes.blur_sigma, 1.5 px), normals with a patch of themselves pasted elsewhere (CutPaste);
 - pixel_knn: kNN on raw pixels.
 
 `--study` adds the early-stop study: the detector fine-tuned on every snapshot's fakes, beside the config's choice.
@@ -52,8 +53,9 @@ from fitm.runtime import Runtime  # noqa: E402
 from fitm.sde.train import ema_model, generate_fakes  # noqa: E402
 
 PROTOCOL_CLASSES = CIFAR10_CLASSES[:5]  # with --pretrained: normal and anomalous classes, never pretrained on
-COLUMNS = ("fitm", "pretrained_knn", "late_fakes", "noised_normals", "blurred_normals", "pixel_knn")
-TRAINED = ("fitm", "late_fakes", "noised_normals", "blurred_normals")
+CHEAP = {"noised_normals": "noised", "blurred_normals": "blurred", "cutpaste_normals": "cutpaste"}  # fakes.source
+COLUMNS = ("fitm", "pretrained_knn", "late_fakes", *CHEAP, "pixel_knn")
+TRAINED = ("fitm", "late_fakes", *CHEAP)
 
 
 def cheap(task: stages.Task, source: str) -> np.ndarray:
@@ -110,10 +112,8 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
         row["late_fakes"] = row["fitm"]
     else:
         row["late_fakes"] = trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
-    row["noised_normals"] = (trained_auroc(task, "noised_normals", cheap(task, "noised"))
-                             if "noised_normals" in variants else nan)
-    row["blurred_normals"] = (trained_auroc(task, "blurred_normals", cheap(task, "blurred"))
-                              if "blurred_normals" in variants else nan)
+    for column, source in CHEAP.items():
+        row[column] = trained_auroc(task, column, cheap(task, source)) if column in variants else nan
     knn = variant(task, "pretrained_knn")
     knn.run.open()
     task.runtime.seed(task.config.seed)
@@ -152,13 +152,13 @@ def summary_table(rows: list[dict]) -> str:
     means = {c: [] for c in COLUMNS}
     for name in classes:
         mine = [r for r in rows if r["class"] == name]
-        cells = [spread([r[c] for r in mine]) for c in COLUMNS]
+        cells = [spread([r.get(c, np.nan) for r in mine]) for c in COLUMNS]  # older CSVs lack newer columns
         for c in COLUMNS:
-            means[c].append(np.mean([r[c] for r in mine]))
+            means[c].append(np.mean([r.get(c, np.nan) for r in mine]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean([r['degenerate'] for r in mine]):.1f}"
                      f" | {np.mean([r.get('detector_balanced_accuracy', np.nan) for r in mine]):.3f} |")
     lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | |")
-    return "\n".join(lines) + "\n\n" + verdict(means, classes)
+    return "\n".join(lines) + "\n\n" + verdict(means, classes) + "\n\n" + margins(rows)
 
 
 def verdict(means: dict, classes: list[str]) -> str:
@@ -168,7 +168,7 @@ def verdict(means: dict, classes: list[str]) -> str:
     wins = int((ours > knn).sum())
     lines = [f"fitm's mean AUROC {100 * ours.mean():.2f} vs the backbone's kNN {100 * knn.mean():.2f}: "
              f"{100 * (ours.mean() - knn.mean()):+.2f} points; fitm wins on {wins} of {len(classes)} classes."]
-    for c in ("late_fakes", "noised_normals", "blurred_normals", "pixel_knn"):
+    for c in ("late_fakes", *CHEAP, "pixel_knn"):
         other = np.mean(means[c])
         if np.isnan(other):  # a variant not run (--variants)
             continue
@@ -177,6 +177,26 @@ def verdict(means: dict, classes: list[str]) -> str:
             continue
         lines.append(f"fitm {'beats' if ours.mean() > other else 'does NOT beat'} {c} on the mean "
                      f"({100 * ours.mean():.2f} vs {100 * other:.2f}).")
+    return "\n".join(lines)
+
+
+def margins(rows: list[dict]) -> str:
+    """fitm minus each baseline, paired by class and seed: the mean over classes per seed, then mean ± half the
+    range over seeds, and on how many class-seeds fitm is higher. The cheap fakes' margin is what the score
+    model buys."""
+    lines = ["| fitm minus | mean over classes, ± half-range over seeds | fitm higher on |", "|---|---:|---:|"]
+    for c in (*CHEAP, "pretrained_knn"):
+        by_seed: dict[int, list[float]] = {}
+        for r in rows:
+            diff = float(r["fitm"]) - float(r.get(c, np.nan))
+            if diff == diff:  # NaN: a variant not run
+                by_seed.setdefault(int(r["seed"]), []).append(diff)
+        if not by_seed:
+            continue
+        diffs = np.concatenate(list(by_seed.values()))
+        per_seed = 100 * np.array([np.mean(d) for d in by_seed.values()])
+        margin = f"{per_seed.mean():+.2f}" + (f" ± {np.ptp(per_seed) / 2:.2f}" if len(per_seed) > 1 else "")
+        lines.append(f"| {c} | {margin} | {int((diffs > 0).sum())} of {len(diffs)} class-seeds |")
     return "\n".join(lines)
 
 

@@ -106,7 +106,7 @@ def test_quality_verdict_leaves_out_variants_not_run():
     assert "| airplane | 80.00 ± 0.00 | 75.00 ± 0.00 | not run | 81.00 ± 0.00 | not run |" in table
     assert "+5.00 points; fitm wins on 1 of 1 classes" in table
     assert "does NOT beat noised_normals" in table and "beats pixel_knn" in table
-    assert "late_fakes" not in table.split("\n\n")[-1] and "blurred_normals" not in table.split("\n\n")[-1]
+    assert "late_fakes" not in table.split("\n\n")[-2] and "blurred_normals" not in table.split("\n\n")[-2]
 
 
 def test_quality_verdict_does_not_pit_fitm_against_its_own_fakes():
@@ -115,6 +115,27 @@ def test_quality_verdict_does_not_pit_fitm_against_its_own_fakes():
 
     row = {"fitm": 0.80, "pretrained_knn": 0.75, "late_fakes": 0.80, "noised_normals": 0.79, "blurred_normals": 0.7,
            "pixel_knn": 0.60, "degenerate": 0.0, "detector_balanced_accuracy": 0.6}
-    verdict = quality.summary_table([{"class": "airplane", "seed": 0, **row}]).split("\n\n")[-1]
+    verdict = quality.summary_table([{"class": "airplane", "seed": 0, **row}]).split("\n\n")[-2]
     assert "late_fakes are fitm's own fakes" in verdict and "beat late_fakes" not in verdict
     assert "fitm beats noised_normals" in verdict
+
+
+def test_quality_margins_pair_fitm_with_each_baseline_by_class_and_seed():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    nan = float("nan")
+    base = {"late_fakes": nan, "blurred_normals": nan, "pixel_knn": 0.6, "degenerate": 0.0,
+            "detector_balanced_accuracy": 0.6}
+    rows = [{"class": "airplane", "seed": 0, "fitm": 0.80, "noised_normals": 0.78, "cutpaste_normals": 0.81,
+             "pretrained_knn": 0.75, **base},
+            {"class": "cat", "seed": 0, "fitm": 0.70, "noised_normals": 0.70, "cutpaste_normals": 0.69,
+             "pretrained_knn": 0.66, **base},
+            {"class": "airplane", "seed": 1, "fitm": 0.82, "noised_normals": 0.76, "pretrained_knn": 0.75, **base},
+            {"class": "cat", "seed": 1, "fitm": 0.69, "noised_normals": 0.71, "pretrained_knn": 0.66, **base}]
+    margins = quality.margins(rows)
+    # noised: seed 0 (+2, 0) -> +1.00, seed 1 (+6, -2) -> +2.00: +1.50 +- 0.50, higher on 2 of 4 (a tie is not higher)
+    assert "| noised_normals | +1.50 ± 0.50 | 2 of 4 class-seeds |" in margins
+    assert "| cutpaste_normals | +0.00 | 1 of 2 class-seeds |" in margins  # seed 1 has no cutpaste row
+    assert "| pretrained_knn | +4.75 ± 0.25 | 4 of 4 class-seeds |" in margins
+    assert "blurred_normals" not in margins
