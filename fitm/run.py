@@ -29,7 +29,7 @@ import torch
 from ml_collections import ConfigDict
 
 from fitm.config import load_config, save_config, section
-from fitm.data import Split, canonical_class, validate_images
+from fitm.data import Split, canonical_class, is_grayscale, validate_images
 from fitm.errors import FitmError
 from fitm.io import fingerprint, load_json, save_csv, save_json, save_npy, save_torch
 from fitm.runtime import log
@@ -87,9 +87,13 @@ def _without(d: dict, keys) -> dict:
 # --- cache keys -------------------------------------------------------------------------------------------
 
 def score_model_key(config: ConfigDict, normal_train: np.ndarray) -> str:
-    """What the score model's checkpoints are made from."""
+    """What the score model's checkpoints are made from. A grey class's key says that its model has one channel
+    (fitm.sde.train.score_channels), so that the 3-channel checkpoints once trained on the same images are
+    discarded and trained again; a colour class's key is what it always was."""
     training = _without(config.training.to_dict(), _TRAINING_NOT_IN_CHECKPOINTS)
-    return fingerprint(SCORE_MODEL_FORMAT, section(config, "seed", "sde", "model"), training, normal_train)
+    one_channel = ("one-channel score model",) if is_grayscale(normal_train) else ()
+    return fingerprint(SCORE_MODEL_FORMAT, section(config, "seed", "sde", "model"), training, normal_train,
+                       *one_channel)
 
 
 def fakes_key(config: ConfigDict, split: Split) -> str:

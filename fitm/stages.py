@@ -15,7 +15,7 @@ from ml_collections import ConfigDict
 
 from fitm import report
 from fitm.config import fakes_count
-from fitm.data import Split, class_names, cifar100_fine_test, load_fakes, slice_class
+from fitm.data import Split, class_names, cifar100_fine_test, is_grayscale, load_fakes, slice_class
 from fitm.data.cheap_fakes import cheap_fakes
 from fitm.detector.backbone import create_architecture, create_backbone, freeze
 from fitm.detector.evaluate import auroc_per_group, confusion
@@ -49,7 +49,8 @@ class Task:
 # --- generate ---------------------------------------------------------------------------------------------
 
 def generate(task: Task, force: bool = False) -> np.ndarray:
-    """Train the score model on the normal class, then sample fakes from the chosen early-stop checkpoint."""
+    """Train the score model on the normal class, then sample fakes from the chosen early-stop checkpoint. A grey
+    class gets grey fakes from every fakes.source: colour would be a cue that no test image carries."""
     run, config, split, runtime = task.run, task.config, task.split, task.runtime
     start = time.perf_counter()
     key = fakes_key(config, split)
@@ -57,6 +58,9 @@ def generate(task: Task, force: bool = False) -> np.ndarray:
         log.info("generate: %s is up to date, skipped", run.path("fakes.npy"))
         return fakes
 
+    if is_grayscale(split.normal_train):
+        log.info("generate: grayscale normal class (R = G = B in every image): grey fakes%s",
+                 ", from a one-channel score model" if config.fakes.source == "sde" else "")
     fakes = _score_model_fakes(task, key, force) if config.fakes.source == "sde" else _cheap_fakes(task, key)
     run.record_duration("generate", time.perf_counter() - start)
     return fakes
@@ -131,7 +135,8 @@ def _cheap_fakes(task: Task, key: str) -> np.ndarray:
 
 def _fakes_facts(split: Split, fakes: np.ndarray, config: ConfigDict, runtime: Runtime) -> dict:
     """What fakes.json says of any fakes: degenerate shares and their nearness to the normal class."""
-    return {"degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
+    return {"grayscale": is_grayscale(split.normal_train),
+            "degenerate_fraction": degenerate_fraction(fakes, config.fakes.degenerate),
             "normal_degenerate_fraction": degenerate_fraction(split.normal_train, config.fakes.degenerate),
             **fakes_signal(split.normal_train, fakes, config, runtime.device)}
 

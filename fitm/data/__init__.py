@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from fitm.data.fakes import load_fakes, slice_class, validate_images
-from fitm.data.images import list_images, read_images, resize_images
+from fitm.data.images import is_grayscale, list_images, read_images, resize_images
 from fitm.errors import FitmError
 
 
@@ -112,6 +112,6 @@ def load_split(data_cfg) -> Split:
 
 
 __all__ = [
-    "Split", "canonical_class", "cifar100_fine_test", "class_names", "list_images", "load_fakes", "load_split",
+    "Split", "canonical_class", "cifar100_fine_test", "class_names", "is_grayscale", "list_images", "load_fakes", "load_split",
     "read_images", "resize_images", "slice_class", "validate_images",
 ]

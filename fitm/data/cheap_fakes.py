@@ -1,7 +1,8 @@
 """Fakes made from the normal images themselves, without a score model (`fakes.source`): the yardsticks the score
 model's fakes have to beat, through the same generate stage and the same detector.
 
-- noised: Gaussian noise of std fakes.noise_std (0-255 scale) added to each normal image;
+- noised: Gaussian noise of std fakes.noise_std (0-255 scale) added to each normal image, the same on the three
+  channels of a grey class (independent noise would colour it; blurred and cutpaste keep grey grey);
 - blurred: a Gaussian blur of std fakes.blur_sigma pixels;
 - cutpaste: CutPaste (Li et al. 2021): a rectangle of each image, 2-15% of its area with aspect ratio between
   0.3 and 1/0.3, pasted at another place of the same image. Local structure intact, the layout broken: the
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from fitm.data.images import is_grayscale
+
 SOURCES = ("sde", "noised", "blurred", "cutpaste")
 CUTPASTE_AREA = (0.02, 0.15)
 CUTPASTE_ASPECT = (0.3, 1 / 0.3)
@@ -25,7 +28,7 @@ def cheap_fakes(normal: np.ndarray, fakes_cfg, count: int, seed: int) -> tuple[n
     rng = np.random.default_rng(seed)
     images = normal if count == len(normal) else normal[np.sort(rng.choice(len(normal), count, replace=False))]
     if fakes_cfg.source == "noised":
-        return noised(images, fakes_cfg.noise_std, rng), {"noise_std": fakes_cfg.noise_std}
+        return noised(images, fakes_cfg.noise_std, rng, is_grayscale(normal)), {"noise_std": fakes_cfg.noise_std}
     if fakes_cfg.source == "blurred":
         return blurred(images, fakes_cfg.blur_sigma), {"blur_sigma": fakes_cfg.blur_sigma}
     if fakes_cfg.source == "cutpaste":
@@ -33,8 +36,9 @@ def cheap_fakes(normal: np.ndarray, fakes_cfg, count: int, seed: int) -> tuple[n
     raise ValueError(f"fakes.source={fakes_cfg.source!r} is not made from normal images")
 
 
-def noised(images: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    noise = rng.normal(0, std, images.shape)
+def noised(images: np.ndarray, std: float, rng: np.random.Generator, grey: bool) -> np.ndarray:
+    """With `grey`, one noise plane per image, broadcast to its three channels."""
+    noise = rng.normal(0, std, images.shape[:-1] + (1,) if grey else images.shape)
     return np.clip(images + noise, 0, 255).astype(np.uint8)
 
 

@@ -110,6 +110,12 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def is_grayscale(images: np.ndarray) -> bool:
+    """Whether every image of a uint8 NHWC array has R == G == B exactly: a grey class (CT, many MVTec AD
+    categories, digits) read as RGB, whose fakes must stay grey, since colour would be a cue no test image has."""
+    return bool((images[..., :1] == images[..., 1:]).all())
+
+
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 NHWC images to size x size in batches (bilinear, antialiased as PIL does)."""
     if images.shape[1:3] == (size, size):

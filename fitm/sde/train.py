@@ -7,6 +7,11 @@ with the model, EMA, optimizer and the running loss window.
 Under torchrun the ranks draw the *global* batch from the same generator and each trains on its share
 (DistributedDataParallel averages the gradients), so n ranks follow the one-process run step by step; fakes are
 sampled in batches seeded by their index, split over the ranks and gathered in order.
+
+A grey normal class (R = G = B in every image) trains a one-channel model (score_channels) and its samples are
+repeated to RGB on the way out (to_uint8): fakes stay grey, as every test image is, instead of "normals plus colour
+noise". A checkpoint says its channel count through its weights, and every model rebuilt from one (ema_model)
+reads it there.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fitm.data.images import save_grid
+from fitm.data.images import is_grayscale, save_grid
 from fitm.errors import FitmError
 from fitm.io import save_csv
 from fitm.run import ScoreModelFiles, score_model_key
@@ -41,7 +46,8 @@ class ScoreTrainer:
         self.rows = runtime.share(runtime.world_size * runtime.per_rank(self.tcfg.batch_size, "training.batch_size"))
         runtime.seed(config.seed)
         self.sde = VPSDE.from_config(config.sde)
-        self.model = ScoreUNet(config.model, config.data.image_size)
+        channels = score_channels(images)
+        self.model = ScoreUNet(config.model, config.data.image_size, channels)
         self.model.to(self.device, memory_format=memory_format(self.tcfg))
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.forward = compiled(runtime.data_parallel(self.model), self.tcfg.compile)
@@ -51,7 +57,7 @@ class ScoreTrainer:
             self.params, lr=self.tcfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=self.device.type == "cuda"
         )
         self.gen = torch.Generator(self.device).manual_seed(config.seed)
-        self.data = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.data = torch.from_numpy(images[..., :channels]).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.loss_sum = torch.zeros((), device=self.device)  # over the current log window
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite loss, read lazily
         self.model.train()
@@ -191,11 +197,18 @@ def train_score_model(images: np.ndarray, config, files: ScoreModelFiles, runtim
     return snapshots
 
 
+def score_channels(images: np.ndarray) -> int:
+    """The score model's image channels for these uint8 NHWC normal images: 1 for a grey class, else 3."""
+    return 1 if is_grayscale(images) else 3
+
+
 def ema_model(ckpt: dict, config, device: torch.device | str) -> ScoreUNet:
-    """The EMA weights of a checkpoint in a ScoreUNet built from config.model, in eval mode."""
-    with torch.device("meta"):
-        model = ScoreUNet(config.model, config.data.image_size)
+    """The EMA weights of a checkpoint in a ScoreUNet built from config.model with the checkpoint's own channel
+    count (its stem's input channels: 1 for a grey class, 3 for checkpoints made before grey classes had one), in
+    eval mode."""
     try:
+        with torch.device("meta"):
+            model = ScoreUNet(config.model, config.data.image_size, ckpt["ema"]["stem.weight"].shape[1])
         model.load_state_dict(ckpt["ema"], assign=True)
     except (KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -217,7 +230,7 @@ def generate_fakes(model: nn.Module, config, count: int, seed: int, runtime: Run
     parts = []
     for lo in runtime.progress(starts[runtime.share(len(starts))], desc="fakes"):
         gen = torch.Generator(runtime.device).manual_seed(batch_seed(seed, lo // bs))
-        shape = (min(bs, count - lo), 3, size, size)
+        shape = (min(bs, count - lo), model.channels, size, size)
         parts.append((lo, to_uint8(sample(eps_fn, sde, shape, config.sampling, gen, runtime.device,
                                           progress=runtime.progress))))
     out = np.empty((count, size, size, 3), dtype=np.uint8)
@@ -233,9 +246,10 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW tensor -> uint8 NHWC array, rounded to the nearest level."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """[-1, 1] NCHW tensor -> uint8 NHWC array with 3 channels, rounded to the nearest level: a one-channel sample
+    (a grey class's model) is repeated to R = G = B on the host, the authors' layout that every stage reads."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    return x.expand(-1, -1, -1, 3).contiguous().numpy()
 
 
 def model_eps_fn(model: nn.Module, runtime: Runtime, tcfg):
@@ -258,7 +272,7 @@ def memory_format(tcfg) -> torch.memory_format:
 
 def _write_grid(ema: nn.Module, config, runtime: Runtime, path) -> None:
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
-    x = sample(model_eps_fn(ema, runtime, config.training), sde, (GRID_IMAGES, 3, size, size), config.sampling,
+    x = sample(model_eps_fn(ema, runtime, config.training), sde, (GRID_IMAGES, ema.channels, size, size), config.sampling,
                config.seed, runtime.device, progress=runtime.progress)
     save_grid(to_uint8(x), path, nrow=8)
 

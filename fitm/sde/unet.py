@@ -133,7 +133,7 @@ class ScoreUNet(nn.Module):
             )
         attn_res = set(model_cfg.attn_resolutions)
         temb_dim = 4 * nf
-        self.nf = nf
+        self.nf, self.channels = nf, channels
 
         def block(cin, cout, resample=None):
             return ResBlock(cin, cout, temb_dim, model_cfg.dropout, model_cfg.skip_rescale, resample)
