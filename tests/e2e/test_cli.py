@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from fitm.cli import main
@@ -57,6 +59,12 @@ def test_pipeline_writes_every_artifact(digits_run):
     meta = json.loads((digits_run / "fakes.json").read_text())
     assert fakes.dtype == np.uint8 and fakes.shape[1:] == (8, 8, 3)
     assert meta["count"] == len(fakes) and meta["checkpoint"] == "sde/ckpt_10.pt"
+    # digits are grey: a one-channel score model, and fakes (and its sample grids) with R = G = B
+    assert meta["grayscale"] is True and (fakes == fakes[..., :1]).all() and fakes.std() > 0
+    ckpt = torch.load(digits_run / "sde/ckpt_10.pt", map_location="cpu", weights_only=True)
+    assert ckpt["ema"]["stem.weight"].shape[1] == 1
+    samples = np.asarray(Image.open(digits_run / "sde/samples_10.png").convert("RGB"))
+    assert (samples == samples[..., :1]).all()
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert 0.0 <= metrics["auroc"] <= 1.0 and metrics["class"] == "3"
     with open(digits_run / "scores.csv") as f:
@@ -68,6 +76,7 @@ def test_pipeline_writes_every_artifact(digits_run):
     assert metrics["detector"]["final_balanced_accuracy"] == pytest.approx(float(train_log[-1]["balanced_accuracy"]))
     log = (digits_run / "fitm.log").read_text()
     assert log.count("generate: wrote") == 1 and "fakes.npy is up to date, skipped" in log
+    assert log.count("grayscale normal class") == 1 and "one-channel score model" in log
 
 
 def test_a_backbone_warning_is_printed_once_and_logged(capsys, tmp_path):
@@ -386,6 +395,8 @@ def test_generate_trains_only_to_the_fakes_checkpoint_and_cheap_fakes_train_noth
     meta = json.loads((run / "fakes.json").read_text())
     assert meta["source"] == "noised" and meta["noise_std"] == 25.5 and "checkpoint" not in meta
     assert not list(run.glob("sde/ckpt_*.pt")) and (run / "fakes.npy").is_file()
+    fakes = np.load(run / "fakes.npy")
+    assert meta["grayscale"] is True and (fakes == fakes[..., :1]).all()  # the same noise on every channel
 
 
 def test_auto_records_the_snapshots_it_measured_and_those_never_trained(tmp_path, capsys):

@@ -5,6 +5,7 @@ import pytest
 
 from fitm.configs.default import get_config
 from fitm.data.cheap_fakes import cheap_fakes, cutpaste
+from fitm.data.images import is_grayscale
 
 
 def images(n=40, size=16, seed=0):
@@ -46,3 +47,15 @@ def test_noised_fakes_have_the_configured_noise():
     fakes, params = cheap_fakes(normal, fakes_cfg("noised"), 20, seed=0)
     assert params == {"noise_std": 25.5}
     assert (fakes.astype(float) - 128).std() == pytest.approx(25.5, rel=0.05)
+
+
+@pytest.mark.parametrize("source", ["noised", "blurred", "cutpaste"])
+def test_fakes_of_a_grey_class_are_grey_and_of_a_colour_class_need_not_be(source):
+    grey = images()[..., :1].repeat(3, axis=3)
+    fakes, _ = cheap_fakes(grey, fakes_cfg(source), 40, seed=3)
+    assert is_grayscale(fakes) and not np.array_equal(fakes, grey)
+    if source == "noised":  # colour images get independent noise per channel, as before
+        flat = np.full((20, 16, 16, 3), 128, np.uint8)
+        flat[0, 0, 0, 0] = 127  # one pixel off grey: a colour class
+        coloured, _ = cheap_fakes(flat, fakes_cfg(source), 20, seed=0)
+        assert (coloured[..., 0] != coloured[..., 1]).mean() > 0.5

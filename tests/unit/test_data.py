@@ -6,7 +6,8 @@ from sklearn.datasets import load_digits
 
 import fitm.data.images
 from fitm.data import (
-    canonical_class, cifar100_fine_test, class_names, list_images, load_split, read_images, resize_images,
+    canonical_class, cifar100_fine_test, class_names, is_grayscale, list_images, load_split, read_images,
+    resize_images,
 )
 from fitm.data.cifar import CIFAR100_COARSE_CLASSES, CIFAR100_FINE_TO_COARSE, CIFAR10_CLASSES
 from fitm.data.mvtec import CATEGORIES
@@ -316,3 +317,14 @@ def test_resize_images_matches_pil_antialiased_resize():
     naive = images[:, 1::3, 1::3].astype(int)  # no antialias: would keep the noise
     assert ours.std() < naive.std() / 2
     assert resize_images(images, 24) is images
+
+
+def test_is_grayscale_needs_r_g_b_equal_in_every_pixel_of_every_image():
+    grey = np.random.default_rng(0).integers(0, 256, (5, 6, 6, 1), dtype=np.uint8).repeat(3, axis=3)
+    assert is_grayscale(grey) and is_grayscale(resize_images(grey, 9))  # resizing keeps grey grey
+    for channel in (1, 2):
+        one_off = grey.copy()
+        one_off[4, 5, 5, channel] ^= 1
+        assert not is_grayscale(one_off)
+    split = load_split(cfg("digits", image_size=16))
+    assert is_grayscale(split.normal_train)  # the digits demo is a grey class

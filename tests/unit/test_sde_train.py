@@ -1,17 +1,20 @@
 """Score-model training: it learns, resumes bit-exactly (also after extending training), treats a damaged
-checkpoint as missing, and refuses bad input with clear messages."""
+checkpoint as missing, refuses bad input with clear messages, and keeps a grey class's samples grey."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.datasets import load_digits
 
+import fitm.run as run_mod
+import fitm.sde.early_stop as early_stop
 import fitm.sde.train as train_mod
 from fitm.configs.digits import get_config
 from fitm.errors import FitmError
 from fitm.io import save_torch
-from fitm.run import ScoreModelFiles
+from fitm.run import ScoreModelFiles, score_model_key
 from fitm.runtime import Runtime
 from fitm.sde import ema_model, generate_fakes, train_score_model
 
@@ -24,6 +27,16 @@ def digits(size: int, label: int = 0) -> np.ndarray:
     x = torch.from_numpy(d.images[d.target == label] / 16.0).float()[:, None]
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
     return (x * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+
+
+def is_grey(images: np.ndarray) -> bool:
+    return images.shape[-1] == 3 and (images == images[..., :1]).all()
+
+
+def tinted(images: np.ndarray) -> np.ndarray:
+    """The same images in colour: red lifted, blue lowered."""
+    out = images.astype(np.int16) + np.array([40, 0, -40])
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def tiny_config(size=8, n_iters=6, snapshots=(3, 6), **training):
@@ -66,6 +79,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert train_score_model(images, tiny_config(log_every=4), b, CPU) == [3, 6]
     _same_state(a.load_checkpoint(6), b.load_checkpoint(6))
     assert a.train_log.read_text() == b.train_log.read_text()
+    assert b.load_checkpoint(6)["model"]["stem.weight"].shape[1] == 1  # digits are grey: a one-channel model resumed
     # weights moved: the comparison above is not between two untouched initialisations
     first, last = a.load_checkpoint(3), a.load_checkpoint(6)
     assert not all(torch.equal(first["model"][k], last["model"][k]) for k in last["model"])
@@ -181,3 +195,56 @@ def test_bad_input_is_refused(tmp_path):
     save_torch({"ema": {"nonsense": torch.zeros(1)}, "step": 1}, junk.checkpoint(1))
     with pytest.raises(FitmError, match="EMA weights"):
         ema_model(junk.load_checkpoint(1), tiny_config(), "cpu")
+
+
+def test_a_grey_class_trains_a_one_channel_model_whose_samples_are_grey(tmp_path):
+    c, files = tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
+    train_score_model(digits(8), c, files, CPU)
+    ckpt = files.load_checkpoint(2)
+    assert ckpt["ema"]["stem.weight"].shape[1] == ckpt["model"]["head.2.weight"].shape[0] == 1
+    model = ema_model(ckpt, c, "cpu")
+    fakes = generate_fakes(model, c, 7, seed=1, runtime=CPU)
+    assert fakes.shape == (7, 8, 8, 3) and fakes.dtype == np.uint8 and is_grey(fakes)
+    assert fakes.std() > 0  # not a blank grey: the test above could not pass on zeros alone
+    grid = np.asarray(Image.open(files.samples(2)).convert("RGB"))
+    assert is_grey(grid)
+
+
+def test_a_colour_class_keeps_a_three_channel_model(tmp_path):
+    c, files = tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
+    train_score_model(tinted(digits(8)), c, files, CPU)
+    ckpt = files.load_checkpoint(2)
+    assert ckpt["ema"]["stem.weight"].shape[1] == 3
+    fakes = generate_fakes(ema_model(ckpt, c, "cpu"), c, 5, seed=1, runtime=CPU)
+    assert fakes.shape == (5, 8, 8, 3) and not is_grey(fakes)
+
+
+def test_three_channel_checkpoints_of_a_grey_class_are_trained_again(tmp_path, monkeypatch, caplog):
+    """Checkpoints made on grey images before grey classes had a model of their own (3 channels, the key of the
+    images alone) are still read as what they are, and the stages discard them and train a one-channel model."""
+    images, c, files = digits(8), tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
+    with monkeypatch.context() as before:
+        before.setattr(train_mod, "score_channels", lambda images: 3)
+        before.setattr(run_mod, "is_grayscale", lambda images: False)
+        files.prepare(score_model_key(c, images))
+        train_score_model(images, c, files, CPU)
+    old = files.load_checkpoint(2)
+    assert old["ema"]["stem.weight"].shape[1] == 3 and ema_model(old, c, "cpu").channels == 3
+    with pytest.raises(FitmError, match="other images"):  # resuming from it is refused in one line
+        train_score_model(images, tiny_config(n_iters=4, snapshots=(2,)), files, CPU)
+    with caplog.at_level("INFO", logger="fitm"):
+        files.prepare(score_model_key(c, images))
+    assert "discarding score-model checkpoints" in caplog.text and files.steps() == []
+    assert train_score_model(images, c, files, CPU) == [2]
+    assert files.load_checkpoint(2)["ema"]["stem.weight"].shape[1] == 1
+
+
+def test_auto_measures_a_grey_class_on_grey_probes(tmp_path, monkeypatch):
+    c, files = tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
+    images = digits(8)
+    train_score_model(images, c, files, CPU)
+    probes = []
+    monkeypatch.setattr(early_stop, "generate_fakes",
+                        lambda *args, **kwargs: probes.append(generate_fakes(*args, **kwargs)) or probes[-1])
+    early_stop.AutoChoice(files, images, c, CPU).observe(2)
+    assert len(probes) == 1 and probes[0].shape[1:] == (8, 8, 3) and is_grey(probes[0])
