@@ -43,6 +43,7 @@ from common import SHARED_DATA, cifar_tree, synthetic_cifar_tree  # noqa: E402
 
 PRETRAIN_CLASSES = (5, 6, 7, 8, 9)
 EVAL_CLASSES = (0, 1, 2, 3, 4)
+BATCH, LR = 128, 2e-3  # the recipe's batch and peak learning rate
 
 
 def read_classes(root: Path, split: str, classes, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,29 +55,45 @@ def read_classes(root: Path, split: str, classes, size: int) -> tuple[np.ndarray
     return np.concatenate(images), np.concatenate(labels)
 
 
-def pretrain(model, images, labels, det_cfg, epochs: int, batch: int, lr: float, seed: int) -> None:
+def pretrain(model, images, labels, det_cfg, epochs: int, batch: int, lr: float, seed: int,
+             device: torch.device = torch.device("cpu")) -> None:
+    """Supervised training on `device`: the images go there once as uint8, batches are transformed there, and the
+    device is waited on once an epoch (for its loss and accuracy)."""
     seed_everything(seed)
-    transform = BatchTransform(det_cfg, torch.device("cpu"), seed=seed)
-    data, targets = torch.from_numpy(images), torch.from_numpy(labels)
+    transform = BatchTransform(det_cfg, device, seed=seed)
+    data, targets = torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
     steps = epochs * (len(data) // batch)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     shuffle = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
-        start, correct, loss_sum = time.perf_counter(), 0, 0.0
+        start = time.perf_counter()
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         order = torch.randperm(len(data), generator=shuffle)[: (len(data) // batch) * batch].view(-1, batch)
-        for idx in order:
+        for idx in order.to(device):
             logits = model(transform(data[idx], train=True))
             loss = F.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.item()
-            correct += int((logits.argmax(1) == targets[idx]).sum())
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss_sum / len(order):.3f}, "
-              f"train accuracy {correct / order.numel():.3f}, {time.perf_counter() - start:.0f} s", flush=True)
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == targets[idx]).sum()
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / len(order):.3f}, "
+              f"train accuracy {correct.item() / order.numel():.3f}, {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def stand_in(det_cfg, images, labels, epochs: int, batch: int = BATCH, lr: float = LR, seed: int = 0,
+             device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+    """The detector's architecture with a head for the pretraining classes, trained on their `images`."""
+    seed_everything(seed)
+    model = create_architecture(det_cfg)
+    model.reset_classifier(len(PRETRAIN_CLASSES))
+    pretrain(model, images, labels, det_cfg, epochs, batch, lr, seed, device)
+    return model
 
 
 def knn_aurocs(model, root: Path, det_cfg, size: int, runtime: Runtime) -> list[float]:
@@ -101,8 +118,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "pretrained" / "vit_c10_5to9.pth")
     parser.add_argument("--smoke", action="store_true", help="one epoch on tiny synthetic data, written to a "
@@ -125,11 +142,8 @@ def measure(args) -> None:
     images, labels = read_classes(root, "train", PRETRAIN_CLASSES, size)
     print(f"pretraining {det.backbone} ({det.arch.to_dict()}) at {det.img_size} px on {len(images)} images of "
           f"{', '.join(CIFAR10_CLASSES[k] for k in PRETRAIN_CLASSES)}", flush=True)
-    seed_everything(args.seed)
-    model = create_architecture(det)
-    model.reset_classifier(len(PRETRAIN_CLASSES))
     start = time.perf_counter()
-    pretrain(model, images, labels, det, args.epochs, args.batch_size, args.lr, args.seed)
+    model = stand_in(det, images, labels, args.epochs, args.batch_size, args.lr, args.seed)
     minutes = (time.perf_counter() - start) / 60
     with atomic_path(args.out) as tmp:
         torch.save(model.state_dict(), tmp)

@@ -87,6 +87,15 @@ def trained_auroc(task: stages.Task, name: str, fakes: np.ndarray) -> float:
     return stages.evaluate(v, model, summary)["auroc"]
 
 
+def backbone_auroc(task: stages.Task) -> float:
+    """The backbone as loaded (no fine-tuning) scored by kNN, in the variant folder pretrained_knn: the baseline."""
+    knn = variant(task, "pretrained_knn")
+    knn.run.open()
+    task.runtime.seed(task.config.seed)
+    backbone = create_backbone(task.config.detector).to(task.runtime.device).eval()
+    return stages.evaluate(knn, backbone, {})["auroc"]
+
+
 def snapshot_fakes(task: stages.Task, step: int, count: int) -> np.ndarray:
     """The fakes of one snapshot, with the config's sampler and seed."""
     model = ema_model(task.run.sde.load_checkpoint(step), task.config, task.runtime.device)
@@ -114,11 +123,7 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
         row["late_fakes"] = trained_auroc(task, "late_fakes", snapshot_fakes(task, max(steps), len(fakes)))
     for column, source in CHEAP.items():
         row[column] = trained_auroc(task, column, cheap(task, source)) if column in variants else nan
-    knn = variant(task, "pretrained_knn")
-    knn.run.open()
-    task.runtime.seed(task.config.seed)
-    backbone = create_backbone(task.config.detector).to(task.runtime.device).eval()
-    row["pretrained_knn"] = stages.evaluate(knn, backbone, {})["auroc"]
+    row["pretrained_knn"] = backbone_auroc(task)
     rows = []
     if study:
         chosen = meta["step"]

@@ -20,9 +20,90 @@ def smoke(script: str) -> str:
 
 def test_gpu_check_smoke_runs_on_cpu():
     out = smoke("gpu.py")
+    rates, rest = out.split("\nclass step: ")
+    one_class, quality = rest.split("\nquality step: ")
     for line in ("train     fitm", "train     authors", "features  fitm", "training  fp32", "sampling  ddim",
                  "sampling  em", "generate stage", "end to end"):
-        assert line in out, line
+        assert line in rates, line
+
+    # class: fitm's stages on a tiny synthetic airplane, each stage's seconds, and the class projected from them
+    assert one_class.startswith("airplane of a tiny synthetic tree (--smoke): 24 normal training images, 80 test")
+    seconds = {stage: float(re.search(rf"^  {stage} +(\d+\.\d) s", one_class, re.M).group(1))
+               for stage in ("generate", "detect", "evaluate", "stages")}
+    assert abs(seconds["stages"] - sum(seconds[s] for s in ("generate", "detect", "evaluate"))) <= 0.15
+    rate = float(re.search(r"score model (\d+\.\d\d) steps/s from step 3 to 5\)$", one_class, re.M).group(1))
+    epoch_rate = float(re.search(r"\(1 epochs of 48 images, (\d+\.\d) images/s in the last\)$", one_class,
+                                 re.M).group(1))
+    assert "training up to step 20000 and 30 detector epochs" in one_class  # cifar10.py: 'auto' up to 20,000 steps
+    projected = re.search(r"^    generate (\d+\.\d) min, detect (\d+\.\d) min, evaluate (\d+\.\d) min; one class "
+                          r"(\d+\.\d) min$", one_class, re.M)
+    generate, detect, evaluate, total = (60 * float(v) for v in projected.groups())
+    assert abs(generate - (seconds["generate"] + (20000 - 6) / rate)) < 0.01 * generate + 3  # 6 steps run
+    assert abs(detect - (seconds["detect"] + 29 * 48 / epoch_rate)) <= 3.2  # 1 epoch run of 30
+    assert abs(total - (generate + detect + evaluate)) <= 12
+
+    # quality: the stand-in's kNN, the detector on SDE fakes and on noised normals, and their difference
+    assert quality.startswith("airplane at 16 px of a tiny synthetic tree (--smoke); anomalies: the test images of "
+                              "automobile, bird, cat, deer")
+    assert "1 epochs on 120 images of classes 5-9" in quality and "epoch 1/1: loss" in quality
+    auroc = {name: float(re.search(rf"^  {name} AUROC +(\d+\.\d\d)", quality, re.M).group(1))
+             for name in ("stand-in kNN", "SDE fakes", "noised normals")}
+    difference = float(re.search(r"^  SDE minus noised +([+-]\d+\.\d\d) points$", quality, re.M).group(1))
+    assert abs(difference - (auroc["SDE fakes"] - auroc["noised normals"])) <= 0.011
+    parts = r"stand-in \d+\.\d, data \d+\.\d, stand-in kNN \d+\.\d, score model and fakes \d+\.\d, SDE-fakes detector "
+    assert re.search(rf"^  seconds: {parts}\d+\.\d, noised detector \d+\.\d; total \d+\.\d$", quality, re.M), quality
+
+
+def test_gpu_check_runs_the_steps_asked_and_skips_quality_without_the_data(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import logging
+
+    import gpu
+
+    absent = tmp_path / "absent.tar.gz"
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--steps", "quality", "--data", str(absent)])
+    logger = logging.getLogger("fitm")
+    level = logger.level
+    try:
+        gpu.main()
+    finally:
+        logger.setLevel(level)  # main() quiets fitm's log for its random weights
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("device ") and lines[1] == "", lines  # no rates step
+    assert lines[2] == f"quality step: skipped: it needs the real CIFAR-10 data, and {absent} is absent (--data PATH)"
+
+
+def test_gpu_check_times_the_score_model_between_logged_steps():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu
+    import torch
+
+    clock = gpu.StepClock(device=torch.device("cpu"))
+    clock.began.update({1: 0.0, **{step: 3.0 + step for step in range(2, 11)}})  # step 1 (the warm-up) takes 5 s
+    assert clock.steps_per_s(log_every=2) == (1.0, 3, 9)  # from after step 2 to after step 8
+    assert clock.steps_per_s(log_every=100) == (9 / 13, 1, 10)  # nothing logged twice: the whole run
+    assert gpu.sampler("dpm_solver:10") == ("dpm_solver", 10)
+    for bad in ("dpm_solver", "heun:10", "ddim:0"):
+        try:
+            gpu.sampler(bad)
+        except gpu.argparse.ArgumentTypeError as e:
+            assert "expected METHOD:STEPS" in str(e)
+        else:
+            raise AssertionError(bad)
+
+
+def test_gpu_check_projects_to_the_step_the_config_trains_to():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu
+    from fitm.config import load_config
+
+    assert gpu.trained_to(load_config(path=str(REPO / "configs" / "cifar10.py"))) == 20000  # 'auto': at most
+    assert gpu.trained_to(load_config(path=str(REPO / "configs" / "default.py"))) == 5000  # a fixed checkpoint
+    short = gpu.shorten(load_config(path=str(REPO / "configs" / "cifar10.py")), 1000, ("dpm_solver", 10), True, False)
+    assert (short.training.n_iters, tuple(short.training.snapshot_iters), short.fakes.checkpoint) == (1000, (), "1000")
+    assert short.training.compile and (short.sampling.method, short.sampling.steps) == ("dpm_solver", 10)
+    assert short.training.warmup == 5000 and short.training.batch_size == 128  # the other keys as shipped
+    assert gpu.trained_to(short) == 1000
 
 
 def test_detector_smoke():
