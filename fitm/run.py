@@ -87,9 +87,9 @@ def _without(d: dict, keys) -> dict:
 # --- cache keys -------------------------------------------------------------------------------------------
 
 def score_model_key(config: ConfigDict, normal_train: np.ndarray) -> str:
-    """What the score model's checkpoints are made from. A grey class's key says that its model has one channel
-    (fitm.sde.train.score_channels), so that the 3-channel checkpoints once trained on the same images are
-    discarded and trained again; a colour class's key is what it always was."""
+    """What the score model's checkpoints are made from. A grey class's key also says that its model has one
+    channel (fitm.sde.train.score_channels): 3-channel checkpoints keyed by the same grey images alone are then
+    discarded and trained again, never loaded into it."""
     training = _without(config.training.to_dict(), _TRAINING_NOT_IN_CHECKPOINTS)
     one_channel = ("one-channel score model",) if is_grayscale(normal_train) else ()
     return fingerprint(SCORE_MODEL_FORMAT, section(config, "seed", "sde", "model"), training, normal_train,

@@ -112,6 +112,6 @@ def load_split(data_cfg) -> Split:
 
 
 __all__ = [
-    "Split", "canonical_class", "cifar100_fine_test", "class_names", "is_grayscale", "list_images", "load_fakes", "load_split",
-    "read_images", "resize_images", "slice_class", "validate_images",
+    "Split", "canonical_class", "cifar100_fine_test", "class_names", "is_grayscale", "list_images", "load_fakes",
+    "load_split", "read_images", "resize_images", "slice_class", "validate_images",
 ]

@@ -204,8 +204,7 @@ def score_channels(images: np.ndarray) -> int:
 
 def ema_model(ckpt: dict, config, device: torch.device | str) -> ScoreUNet:
     """The EMA weights of a checkpoint in a ScoreUNet built from config.model with the checkpoint's own channel
-    count (its stem's input channels: 1 for a grey class, 3 for checkpoints made before grey classes had one), in
-    eval mode."""
+    count (its stem's input channels: 1 for a grey class, else 3), in eval mode."""
     try:
         with torch.device("meta"):
             model = ScoreUNet(config.model, config.data.image_size, ckpt["ema"]["stem.weight"].shape[1])
@@ -272,8 +271,8 @@ def memory_format(tcfg) -> torch.memory_format:
 
 def _write_grid(ema: nn.Module, config, runtime: Runtime, path) -> None:
     size, sde = config.data.image_size, VPSDE.from_config(config.sde)
-    x = sample(model_eps_fn(ema, runtime, config.training), sde, (GRID_IMAGES, ema.channels, size, size), config.sampling,
-               config.seed, runtime.device, progress=runtime.progress)
+    x = sample(model_eps_fn(ema, runtime, config.training), sde, (GRID_IMAGES, ema.channels, size, size),
+               config.sampling, config.seed, runtime.device, progress=runtime.progress)
     save_grid(to_uint8(x), path, nrow=8)
 
 

@@ -220,12 +220,12 @@ def test_a_colour_class_keeps_a_three_channel_model(tmp_path):
 
 
 def test_three_channel_checkpoints_of_a_grey_class_are_trained_again(tmp_path, monkeypatch, caplog):
-    """Checkpoints made on grey images before grey classes had a model of their own (3 channels, the key of the
-    images alone) are still read as what they are, and the stages discard them and train a one-channel model."""
+    """3-channel checkpoints of a grey class, keyed by its images alone: ema_model still reads them as what they
+    are, resuming from them is refused in one line, and the stages discard them and train a one-channel model."""
     images, c, files = digits(8), tiny_config(n_iters=2, snapshots=(2,)), ScoreModelFiles(tmp_path)
-    with monkeypatch.context() as before:
-        before.setattr(train_mod, "score_channels", lambda images: 3)
-        before.setattr(run_mod, "is_grayscale", lambda images: False)
+    with monkeypatch.context() as three_channels:
+        three_channels.setattr(train_mod, "score_channels", lambda images: 3)
+        three_channels.setattr(run_mod, "is_grayscale", lambda images: False)
         files.prepare(score_model_key(c, images))
         train_score_model(images, c, files, CPU)
     old = files.load_checkpoint(2)
