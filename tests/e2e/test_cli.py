@@ -79,13 +79,13 @@ def test_pipeline_writes_every_artifact(digits_run):
     assert log.count("grayscale normal class") == 1 and "one-channel score model" in log
 
 
-def test_a_backbone_warning_is_printed_once_and_logged(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "1", "--out", str(tmp_path),
-                             "--quiet", "--set", "detector.frozen_blocks=1")
-    assert code == 0
+def test_a_backbone_warning_is_printed_once_and_logged(digits_run, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "detect", "--config", TINY, "--class", "3", "--out", str(tmp_path), "--quiet",
+                             "--fakes", str(digits_run / "fakes.npy"), "--set", "detector.frozen_blocks=1")
+    assert code == 0, err
     warning = "detector.frozen_blocks=1 keeps blocks at their random initial weights"
     assert (out + err).count(warning) == 1
-    assert (tmp_path / "digits" / "1" / "fitm.log").read_text().count(warning) == 1
+    assert (tmp_path / "digits" / "3" / "fitm.log").read_text().count(warning) == 1
 
 
 def test_report_redraws_pictures_and_html(digits_run, capsys):

@@ -49,13 +49,13 @@ def test_marginal_matches_monte_carlo_forward_sde():
     """Euler-Maruyama on dx = f dt + g dw from N(1.5, 0.5^2) lands on the closed-form marginal at t = 0.2, 0.6."""
     sde = VPSDE()
     gen = torch.Generator().manual_seed(0)
-    x = 1.5 + 0.5 * torch.randn(40000, 1, 1, 1, generator=gen, dtype=torch.float64)
-    dt = 1e-3
-    for i in range(600):
+    x = 1.5 + 0.5 * torch.randn(20000, 1, 1, 1, generator=gen, dtype=torch.float64)  # standard error 0.004
+    dt = 2e-3
+    for i in range(300):
         t = torch.full((x.shape[0],), i * dt, dtype=torch.float64)
         drift, diffusion = sde.sde(x, t)
         x = x + drift * dt + diffusion * math.sqrt(dt) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-        if i + 1 in (200, 600):
+        if i + 1 in (100, 300):
             a, s = (v.item() for v in sde.marginal_coeffs(torch.tensor([(i + 1) * dt], dtype=torch.float64)))
             assert x.mean().item() == pytest.approx(1.5 * a, abs=0.02)
             assert x.std().item() == pytest.approx(math.sqrt(0.25 * a * a + s * s), abs=0.02)
