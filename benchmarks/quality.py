@@ -224,7 +224,8 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None, help="weights for the backbone: the pretrained protocol")
     parser.add_argument("--classes", nargs="+", default=None, help="indices or names (default: 0-4 with "
                                                                    "--pretrained, else all ten)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1; with --merge, the seeds "
+                                                                             "kept (default: all)")
     parser.add_argument("--train-limit", type=int, default=0, help="keep the first N normal training images")
     parser.add_argument("--study", action="store_true", help="the early-stop study on every class and seed")
     parser.add_argument("--variants", nargs="*", default=list(TRAINED[1:]), choices=list(TRAINED[1:]),
@@ -250,7 +251,8 @@ def main() -> None:
 
 def measure(args) -> None:
     if args.merge:
-        rows = [row for path in args.merge for row in read_rows(path)]
+        rows = [row for path in args.merge for row in read_rows(path)
+                if args.seeds is None or int(row["seed"]) in args.seeds]
         save_csv(rows, args.out / "quality.csv")
         table = summary_table(rows)
         save_text(table + "\n", args.out / "quality.md")
@@ -266,7 +268,7 @@ def measure(args) -> None:
     classes = args.classes or ([str(k) for k in range(5)] if args.pretrained else [str(k) for k in range(10)])
     rows, studies = [], []
     for name in classes:
-        for seed in args.seeds:
+        for seed in args.seeds or [0, 1]:
             config = copy.deepcopy(base)
             config.data.normal_class, config.seed = name, seed
             split = restrict(load_split(config.data), groups, args.train_limit)

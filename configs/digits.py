@@ -8,15 +8,12 @@ def get_config():
     c.data.name = "digits"
     c.training.n_iters = 600  # the whole demo within 5 minutes on 2 cores
     c.training.snapshot_iters = (100, 200, 300, 600)
-    # Step 300 of 600: its fakes are noisy zeros, twos, ... (sde/samples_300.png), near the class but not of it
-    # (nearness 2.11 on class 0; step 200: 3.65, step 100: 17.3, colour noise; step 600: 1.43, nearly normal).
-    # With min_steps 500, classes 0 / 1 / 2 gave AUROC 94.89 / 90.48 / 77.86 from step 300 against
-    # 89.42 / 91.24 / 75.33 from step 200 (one seed each, BENCHMARKS.md).
+    # Step 300 of 600: its grey fakes are noisy digits near the class (sde/samples_300.png; nearness of the probes
+    # on class 0: 2.05 at step 100, 1.16 at 200, 1.13 at 300). From step 300 against step 200 (min_steps 500),
+    # class 0 gave AUROC 86.64 against 93.55 and class 1 89.58 against 87.97 (one seed each, BENCHMARKS.md).
     c.fakes.checkpoint = "300"
     c.detector.epochs = 10
     c.detector.batch_size = 32
-    # About 90 normal images and as many fakes make 6 steps an epoch: 10 epochs were 60 steps, after which the
-    # detector told step 300's fakes from normals only 71% of the time (AUROC 79.94 on class 0, against 94.89
-    # with at least 500 steps).
+    # About 90 normal images and as many fakes make 6 steps an epoch: 10 epochs would be only 60 steps.
     c.detector.min_steps = 500
     return c

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).parents[2]
 
@@ -220,3 +221,15 @@ def test_quality_margins_pair_fitm_with_each_baseline_by_class_and_seed():
     assert "| cutpaste_normals | +0.00 | 1 of 2 class-seeds |" in margins  # seed 1 has no cutpaste row
     assert "| pretrained_knn | +4.75 ± 0.25 | 4 of 4 class-seeds |" in margins
     assert "blurred_normals" not in margins
+
+
+def test_quality_merge_keeps_the_seeds_asked_for(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    rows = [{"class": "airplane", "seed": seed, "fitm": 0.8, "pretrained_knn": 0.75, "noised_normals": 0.79,
+             "pixel_knn": 0.6, "degenerate": 0.0, "detector_balanced_accuracy": 0.6} for seed in (0, 1, 2)]
+    quality.save_csv(rows, tmp_path / "in.csv")
+    for seeds, header in ((None, "seeds 0, 1, 2"), ([0, 2], "seeds 0, 2")):
+        quality.measure(SimpleNamespace(merge=[tmp_path / "in.csv"], seeds=seeds, out=tmp_path / "out"))
+        assert f"Mean ± half-range over {header} (AUROC %)" in (tmp_path / "out/quality.md").read_text()
