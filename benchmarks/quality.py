@@ -214,7 +214,8 @@ def study_table(rows: list[dict]) -> str:
 
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: (v if k == "class" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (v if k == "class" else float(v)) for k, v in row.items() if v != ""}  # empty: a column added later
+                for row in csv.DictReader(f)]
 
 
 def main() -> None:

@@ -89,9 +89,10 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Every column any row has, in the order first seen; a row without one leaves its cell empty."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
             writer.writeheader()
             writer.writerows(rows)
 
