@@ -264,17 +264,25 @@ def _console_warnings() -> logging.Handler | None:
     return handler
 
 
+PEER_GONE = ("gloo/transport", "Connection reset by peer", "Connection closed by peer")
+
+
 def _peer_failure(e: Exception) -> bool:
-    """Whether `e` is a collective that failed because another rank went away: a DistError, or a RuntimeError
-    raised inside torch.distributed (gloo reports a closed connection so)."""
+    """Whether `e` is a collective that failed because another rank went away: a DistError, a RuntimeError raised
+    inside torch.distributed, or gloo's closed connection wherever it surfaces (DDP's gradient all-reduce fails
+    inside loss.backward(), so no torch.distributed frame is on its traceback)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return False
     if isinstance(e, dist.DistError):
         return True
+    if not isinstance(e, RuntimeError):
+        return False
     frames = traceback.extract_tb(e.__traceback__)
-    return isinstance(e, RuntimeError) and bool(frames) and "torch/distributed" in frames[-1].filename.replace("\\", "/")
+    in_distributed = bool(frames) and "torch/distributed" in frames[-1].filename.replace("\\", "/")
+    return in_distributed or any(sign in str(e) for sign in PEER_GONE)
+
 
 
 def _rank() -> str:

@@ -146,3 +146,28 @@ def test_a_failing_rank_ends_the_job_with_exit_2_on_both(tmp_path):
     assert errors[0].count("Error: ") == 1 and "another process of this torchrun job stopped" in \
         errors[0].strip().splitlines()[-1]
     assert "Traceback" not in errors[0] + errors[1]
+
+
+def test_a_peer_lost_inside_backward_is_told_from_the_programs_own_errors(tmp_path):
+    """DDP's all-reduce fails inside loss.backward() (no torch.distributed frame on the traceback) with gloo's
+    message; that is a lost peer, a shape error is not."""
+    import torch.distributed as dist
+
+    from fitm.cli import _peer_failure
+
+    def backward(message):
+        raise RuntimeError(message)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        errors = []
+        for message in ("[third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:29110: "
+                        "Connection reset by peer.", "mat1 and mat2 shapes cannot be multiplied (4x3 and 2x2)"):
+            try:
+                backward(message)
+            except RuntimeError as e:
+                errors.append(e)
+        assert [_peer_failure(e) for e in errors] == [True, False]
+    finally:
+        dist.destroy_process_group()
+    assert not _peer_failure(errors[0])  # outside a torchrun job nothing is a peer's failure
