@@ -11,6 +11,8 @@ the 256 probes that nearness is measured on (speed, nearness, degenerate; no det
         --classes 0 1 2 3 4 --seeds 0 --samplers ddim:100 dpm_solver:10 dpm_solver:20 \\
         --probe-only euler_maruyama:1000 --out runs/samplers
     python benchmarks/samplers.py --merge runs/samplers-a/samplers.csv runs/samplers-b/samplers.csv --out runs/samplers
+    python benchmarks/samplers.py --merge A.csv B.csv --reference euler_maruyama:50   # runs whose configs sampled
+                                                                                     # differently, paired through it
     python benchmarks/samplers.py --smoke        # tiny synthetic data, seconds: checks the script
 
 Writes <out>/samplers.csv (a row per class, seed and sampler) and samplers.md (means over classes and seeds).
@@ -92,25 +94,37 @@ def class_rows(task: stages.Task, samplers, probe_only) -> list[dict]:
     return rows
 
 
-def summary_table(rows: list[dict]) -> str:
-    seeds = sorted({int(r["seed"]) for r in rows})
+def summary_table(rows: list[dict], reference: str | None = None) -> str:
+    """Means per sampler, each paired by class and seed with `reference` (METHOD:STEPS), or else with each run's
+    own config sampler: runs made with different config samplers are compared through the one they share."""
+    def name(row):
+        return str(row["sampler"]).removesuffix(" (config)") if reference else str(row["sampler"])
+
+    def is_reference(row):
+        return name(row) == reference if reference else str(row["sampler"]).endswith("(config)")
+
+    seeds = sorted({int(float(r["seed"])) for r in rows})
     classes = list(dict.fromkeys(r["class"] for r in rows))
+    against = reference or "the config's sampler"
     lines = [f"Means over {len(classes)} classes x seeds {', '.join(map(str, seeds))}; AUROC %, "
-             "spread = half the range of the per-class-seed AUROC difference to the config's sampler:", "",
-             "| sampler | NFE | images/s | nearness | degenerate % | fitm AUROC | minus the config's sampler |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    reference = {(r["class"], r["seed"]): float(r["auroc"]) for r in rows if str(r["sampler"]).endswith("(config)")}
-    for name in dict.fromkeys(r["sampler"] for r in rows):
-        mine = [r for r in rows if r["sampler"] == name]
+             f"spread = half the range of the per-class-seed AUROC difference to {against}:", "",
+             f"| sampler | NFE | images/s | nearness | degenerate % | fitm AUROC | minus {against} | higher on |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {(r["class"], r["seed"]): float(r["auroc"]) for r in rows if is_reference(r)}
+    for sampler in dict.fromkeys(name(r) for r in rows):
+        mine = [r for r in rows if name(r) == sampler]
         auroc = np.array([float(r["auroc"]) for r in mine])
-        diffs = auroc - np.array([reference.get((r["class"], r["seed"]), np.nan) for r in mine])
-        speed = np.nanmean([float(r["images_per_s"]) for r in mine]) if not name.endswith("(config)") else np.nan
-        gap = (f"{100 * np.mean(diffs):+.2f} ± {50 * (np.max(diffs) - np.min(diffs)):.2f}"
-               if not name.endswith("(config)") and not np.isnan(diffs).all() else "")
-        lines.append(f"| {name} | {mine[0]['nfe']} | {'' if np.isnan(speed) else f'{speed:.1f}'} | "
+        diffs = auroc - np.array([base.get((r["class"], r["seed"]), np.nan) for r in mine])
+        diffs = diffs[~np.isnan(diffs)]
+        timed = [float(r["images_per_s"]) for r in mine if not np.isnan(float(r["images_per_s"]))]
+        speed = f"{np.mean(timed):.1f}" if timed else ""
+        compared = not is_reference(mine[0]) and diffs.size
+        gap = f"{100 * np.mean(diffs):+.2f} ± {50 * (np.max(diffs) - np.min(diffs)):.2f}" if compared else ""
+        wins = f"{int(np.sum(diffs > 0))} of {diffs.size}" if compared else ""
+        lines.append(f"| {sampler} | {mine[0]['nfe']} | {speed} | "
                      f"{np.mean([float(r['nearness']) for r in mine]):.2f} | "
                      f"{100 * np.mean([float(r['degenerate']) for r in mine]):.1f} | "
-                     f"{'not run' if np.isnan(auroc).all() else f'{100 * np.mean(auroc):.2f}'} | {gap} |")
+                     f"{'not run' if np.isnan(auroc).all() else f'{100 * np.mean(auroc):.2f}'} | {gap} | {wins} |")
     return "\n".join(lines)
 
 
@@ -133,14 +147,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "samplers")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier samplers.csv files")
+    parser.add_argument("--reference", metavar="METHOD:STEPS", help="with --merge: the sampler every other is paired "
+                                                                      "with (default: each run's config sampler)")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic data and models: checks the script")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.merge:
         rows = [row for path in args.merge for row in read_rows(path)]
         save_csv(rows, args.out / "samplers.csv")
-        save_text(summary_table(rows) + "\n", args.out / "samplers.md")
-        return print(summary_table(rows))
+        table = summary_table(rows, args.reference)
+        save_text(table + "\n", args.out / "samplers.md")
+        return print(table)
 
     overrides = list(args.overrides)
     if args.smoke:

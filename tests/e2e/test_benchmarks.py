@@ -161,8 +161,25 @@ def test_predict_smoke():
 def test_samplers_smoke():
     out = smoke("samplers.py")
     assert re.search(r"^\| euler_maruyama:3 \(config\) \| 4 \| ", out, re.M), out
-    assert re.search(r"^\| dpm_solver:4 \| 5 \| \d+\.\d \| .* \| [+-]\d+\.\d\d ± \d+\.\d\d \|$", out, re.M), out
-    assert re.search(r"^\| ddim:4 \| 5 \| .* \| not run \|  \|$", out, re.M), out  # probes only
+    assert re.search(r"^\| dpm_solver:4 \| 5 \| \d+\.\d \| .* \| [+-]\d+\.\d\d ± \d+\.\d\d \| [01] of 1 \|$", out, re.M), out
+    assert re.search(r"^\| ddim:4 \| 5 \| .* \| not run \|  \|  \|$", out, re.M), out  # probes only
+
+
+def test_samplers_merge_pairs_runs_of_different_config_samplers_through_the_reference():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import samplers
+
+    def row(seed, sampler, auroc, speed="nan"):
+        return {"class": "airplane", "seed": seed, "sampler": sampler, "nfe": 11, "images_per_s": speed,
+                "nearness": 1.2, "degenerate": 0.0, "auroc": auroc}
+
+    rows = [row("0", "euler_maruyama:50 (config)", 0.80), row("0", "dpm_solver:10", 0.79, "90"),
+            row("1", "dpm_solver:10 (config)", 0.83), row("1", "euler_maruyama:50", 0.80, "20")]
+    table = samplers.summary_table(rows, "euler_maruyama:50")
+    assert re.search(r"^\| dpm_solver:10 \| 11 \| 90\.0 \| .* \| 81\.00 \| \+1\.00 ± 2\.00 \| 1 of 2 \|$", table, re.M), table
+    assert re.search(r"^\| euler_maruyama:50 \| 11 \| 20\.0 \| .* \| 80\.00 \|  \|  \|$", table, re.M), table
+    assert "(config)" not in table
+    assert "dpm_solver:10 (config)" in samplers.summary_table(rows)  # without a reference, each run's own
 
 
 def test_auto_stop_smoke():
