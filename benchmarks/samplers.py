@@ -8,7 +8,7 @@ trained in a folder of the run of its own (variants/sampler_<name>). A sampler g
 the 256 probes that nearness is measured on (speed, nearness, degenerate; no detector).
 
     OMP_NUM_THREADS=1 python benchmarks/samplers.py --pretrained runs/pretrained/vit_c10_5to9.pth \\
-        --classes 0 1 2 3 4 --seeds 0 --samplers ddim:100 dpm_solver:10 dpm_solver:20 \\
+        --classes 0 1 2 3 4 --seeds 0 --samplers euler_maruyama:50 ddim:100 dpm_solver:20 \\
         --probe-only euler_maruyama:1000 --out runs/samplers
     python benchmarks/samplers.py --merge runs/samplers-a/samplers.csv runs/samplers-b/samplers.csv --out runs/samplers
     python benchmarks/samplers.py --merge A.csv B.csv --reference euler_maruyama:50   # runs whose configs sampled
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default=None, help="the stand-in backbone (benchmarks/pretrain.py)")
     parser.add_argument("--classes", nargs="+", default=["0", "1", "2", "3", "4"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--samplers", nargs="*", default=["ddim:100", "dpm_solver:10", "dpm_solver:20"],
+    parser.add_argument("--samplers", nargs="*", default=["euler_maruyama:50", "ddim:100", "dpm_solver:20"],
                         help="METHOD:STEPS, each with its own detector")
     parser.add_argument("--probe-only", nargs="*", default=["euler_maruyama:1000"],
                         help="METHOD:STEPS measured on the nearness probes only")
@@ -164,7 +164,7 @@ def main() -> None:
         scratch = Path(tempfile.mkdtemp(prefix="fitm-samplers-smoke-"))
         atexit.register(shutil.rmtree, scratch, True)
         args.data, args.out, args.classes, args.seeds = synthetic_cifar_tree(scratch / "data"), scratch, ["0"], [0]
-        args.samplers, args.probe_only = ["dpm_solver:4"], ["ddim:4"]
+        args.samplers, args.probe_only = ["euler_maruyama:4"], ["ddim:4"]
         overrides += ["training.n_iters=4", "training.snapshot_iters=(2,)", "sampling.steps=3",
                       "detector.epochs=1", "detector.min_steps=2", "detector.arch.depth=1", "model.nf=8"]
     base = apply_overrides(load_config(path=args.config), overrides)
