@@ -198,7 +198,11 @@ def main(argv=None) -> None:
     console = _console_warnings()
     handlers = _stop_on_signals()
     try:
-        code = cli.main(args=argv, standalone_mode=False)
+        try:
+            code = cli.main(args=argv, standalone_mode=False)
+        except BaseException:
+            _ignore_stop_signals()  # the way out is not interrupted (torchrun SIGTERMs a rank whose peer failed)
+            raise
     except Stopped as e:
         click.echo(f"Error: stopped by {e.signal.name}; every file written so far is whole, and the same command "
                    "resumes from it", err=True)
@@ -246,11 +250,16 @@ def _stop_on_signals() -> dict:
         return {}
 
     def stop(signum, frame):
-        for other in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(other, signal.SIG_IGN)  # a second signal does not interrupt the way out
+        _ignore_stop_signals()  # a second signal does not interrupt the way out
         raise Stopped(signum)
 
     return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _ignore_stop_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _console_warnings() -> logging.Handler | None:

@@ -386,6 +386,30 @@ def test_torchrun_with_one_rank_killed_stops_the_other_in_bounded_time_and_resum
     assert (tmp_path / "digits/5/fakes.npy").is_file()
 
 
+SIGTERM_ON_THE_WAY_OUT = """
+import os, signal
+import fitm.cli
+from fitm.errors import FitmError
+
+class SignalsWhenFreed:  # as torchrun's SIGTERM to a rank whose peer failed, landing while its error unwinds
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+@fitm.cli.cli.command("fail")
+def fail():
+    held = SignalsWhenFreed()
+    raise FitmError("the command's own error")
+
+fitm.cli.main(["fail"])
+"""
+
+
+def test_a_signal_while_an_error_unwinds_leaves_the_one_error_line():
+    done = subprocess.run([sys.executable, "-c", SIGTERM_ON_THE_WAY_OUT], capture_output=True, text=True,
+                          timeout=TIMEOUT, env=ENV)
+    assert (done.returncode, done.stderr) == (2, "Error: the command's own error\n")
+
+
 # --- 4. kill -9 at every stage boundary ---------------------------------------------------------------------
 
 # Runs the command with one stage function wrapped to SIGKILL the process at a chosen point: deterministic, and
