@@ -52,7 +52,6 @@ verdict. Expected device time at the defaults, an estimate (the score model's 30
 10.68 steps/s are about 5 minutes; the rest not measured on a GPU): about 8-9 minutes.
 """
 
-
 import argparse
 import copy
 import csv

@@ -293,6 +293,5 @@ def _peer_failure(e: Exception) -> bool:
     return in_distributed or any(sign in str(e) for sign in PEER_GONE)
 
 
-
 def _rank() -> str:
     return os.environ.get("RANK", "0")
