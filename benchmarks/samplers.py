@@ -13,6 +13,7 @@ the 256 probes that nearness is measured on (speed, nearness, degenerate; no det
     python benchmarks/samplers.py --merge runs/samplers-a/samplers.csv runs/samplers-b/samplers.csv --out runs/samplers
     python benchmarks/samplers.py --merge A.csv B.csv --reference euler_maruyama:50   # runs whose configs sampled
                                                                                      # differently, paired through it
+                                                     # (a later row of a class, seed and sampler replaces an earlier)
     python benchmarks/samplers.py --smoke        # tiny synthetic data, seconds: checks the script
 
 Writes <out>/samplers.csv (a row per class, seed and sampler) and samplers.md (means over classes and seeds).
@@ -133,6 +134,13 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def merge_rows(tables: list[list[dict]]) -> list[dict]:
+    """The rows of every table, a later row of the same class, seed and sampler replacing an earlier one: a run that
+    reused an earlier run's models repeats its config row, and trains what the earlier one only probed."""
+    merged = {(row["class"], row["seed"], row["sampler"]): row for rows in tables for row in rows}
+    return list(merged.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="cifar10-jpeg.tar.gz or its unpacked tree")
@@ -153,7 +161,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.merge:
-        rows = [row for path in args.merge for row in read_rows(path)]
+        rows = merge_rows([read_rows(path) for path in args.merge])
         save_csv(rows, args.out / "samplers.csv")
         table = summary_table(rows, args.reference)
         save_text(table + "\n", args.out / "samplers.md")

@@ -21,8 +21,9 @@ def get_config():
     c.training.n_iters = 1500
     c.training.snapshot_iters = (250, 500, 1000, 1500)
     # DPM-Solver at 10 network evaluations (11 with the final denoising step) instead of Euler-Maruyama at 50: on the
-    # stand-in protocol (5 classes x seeds 0, 1) its fakes gave fitm +0.10 ± 1.28 against Euler-Maruyama 50's
-    # (higher on 5 of 10 class-seeds), drawn 4.5 times as fast (92.6 against 20.6 fakes/s; BENCHMARKS.md, samplers).
+    # stand-in protocol (5 classes x seeds 0-2) its fakes gave fitm +0.26 ± 2.30 against Euler-Maruyama 50's
+    # (higher on 8 of 15 class-seeds), drawn 4.4 times as fast (92.6 against 21.2 fakes/s); 20 steps gave -0.13
+    # against 10 (BENCHMARKS.md, samplers).
     c.sampling.method = "dpm_solver"
     c.sampling.steps = 10
     c.sampling.batch_size = 500

@@ -181,11 +181,23 @@ def test_samplers_merge_pairs_runs_of_different_config_samplers_through_the_refe
     assert "(config)" not in table
     assert "dpm_solver:10 (config)" in samplers.summary_table(rows)  # without a reference, each run's own
 
+    # a later run on the same models repeats the config row and trains what the first only probed: one row each
+    probed = [row("0", "euler_maruyama:50 (config)", 0.80), row("0", "ddim:100", "nan", "11")]
+    trained = [row("0", "euler_maruyama:50 (config)", 0.80), row("0", "ddim:100", 0.78, "12")]
+    merged = samplers.merge_rows([probed, trained])
+    assert [(r["sampler"], r["auroc"]) for r in merged] == [("euler_maruyama:50 (config)", 0.80), ("ddim:100", 0.78)]
+    assert re.search(r"^\| ddim:100 \| 11 \| 12\.0 \| .* \| 78\.00 \| -2\.00 ± 0\.00 \| 0 of 1 \|$",
+                     samplers.summary_table(merged), re.M)
+
 
 def test_auto_stop_smoke():
     out = smoke("auto_stop.py")
-    assert re.search(r"^patience 1: [01] of 1 class runs choose the same snapshot; steps trained \d+ instead of 20$",
-                     out, re.M), out
+    assert re.search(r"^score model training: \d+\.\d\d steps/s \(batch \d+\)$", out, re.M), out
+    summary = re.search(r"^patience 1: [01] of 1 class runs choose the same snapshot; steps trained (\d+) instead of "
+                        r"20; wall (\d+\.\d) s instead of (\d+\.\d)$", out, re.M)
+    assert summary, out
+    trained, wall_patience, wall_all = int(summary[1]), float(summary[2]), float(summary[3])
+    assert trained < 20 and wall_patience < wall_all  # stopping early trains less and takes less time
 
 
 def test_scale_smoke():
