@@ -20,9 +20,9 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
     python benchmarks/quality.py --merge runs/q-a/quality.csv runs/q-b/quality.csv --out runs/quality
     OMP_NUM_THREADS=1 python benchmarks/quality.py --smoke    # the same code on tiny synthetic data, in seconds
 
-Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict),
-study.csv/md, and prints the tables; each class's run folders under <out> keep every stage, so a rerun redoes
-only what changed. Needs the shared data (shared/data/cifar10-jpeg.tar.gz); says so and stops when it is absent.
+Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict, the
+generate stage's minutes: score model and sampling), study.csv/md, and prints the tables; each class's run folders
+under <out> keep every stage, so a rerun redoes only what changed. Needs the shared data (shared/data/cifar10-jpeg.tar.gz); says so and stops when it is absent.
 """
 
 from __future__ import annotations
@@ -108,12 +108,14 @@ def class_row(task: stages.Task, study: bool, variants: tuple[str, ...]) -> tupl
     fakes = stages.generate(task)
     meta = task.run.fakes_meta()
     nan = float("nan")
+    generate_s = task.run.durations().get("generate", {}).get("seconds", nan)  # the score model and its sampling
     model, summary = stages.detect(task, fakes)
     result = stages.evaluate(task, model, summary)
     row = {"class": task.split.class_name, "seed": task.config.seed, "fakes_step": meta["step"],
            "degenerate": meta["degenerate_fraction"], "nearness": meta["nearness"], "fitm": result["auroc"],
            "pixel_knn": result["pixel_knn_auroc"], "detector_accuracy": summary["final_accuracy"],
-           "detector_balanced_accuracy": summary.get("final_balanced_accuracy", nan)}  # older runs lack it
+           "detector_balanced_accuracy": summary.get("final_balanced_accuracy", nan),  # older runs lack it
+           "generate_minutes": generate_s / 60}
     steps = task.run.sde.steps()
     if "late_fakes" not in variants:
         row["late_fakes"] = nan
@@ -152,8 +154,8 @@ def summary_table(rows: list[dict]) -> str:
     classes = list(dict.fromkeys(r["class"] for r in rows))
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [f"Mean ± half-range over seeds {', '.join(map(str, seeds))} (AUROC %):", "",
-             "| class | " + " | ".join(COLUMNS) + " | degenerate % | detector balanced accuracy |",
-             "|---|" + "---:|" * (len(COLUMNS) + 2)]
+             "| class | " + " | ".join(COLUMNS) + " | degenerate % | detector balanced accuracy | generate minutes |",
+             "|---|" + "---:|" * (len(COLUMNS) + 3)]
     means = {c: [] for c in COLUMNS}
     for name in classes:
         mine = [r for r in rows if r["class"] == name]
@@ -161,8 +163,9 @@ def summary_table(rows: list[dict]) -> str:
         for c in COLUMNS:
             means[c].append(np.mean([r.get(c, np.nan) for r in mine]))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * np.mean([r['degenerate'] for r in mine]):.1f}"
-                     f" | {np.mean([r.get('detector_balanced_accuracy', np.nan) for r in mine]):.3f} |")
-    lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | |")
+                     f" | {np.mean([r.get('detector_balanced_accuracy', np.nan) for r in mine]):.3f}"
+                     f" | {np.mean([r.get('generate_minutes', np.nan) for r in mine]):.1f} |")
+    lines.append("| mean | " + " | ".join(f"{100 * np.mean(means[c]):.2f}" for c in COLUMNS) + " | | | |")
     return "\n".join(lines) + "\n\n" + verdict(means, classes) + "\n\n" + margins(rows)
 
 
