@@ -22,7 +22,8 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
 
 Writes <out>/quality.csv (one row per class and seed), quality.md (mean and spread over seeds, the verdict, the
 generate stage's minutes: score model and sampling), study.csv/md, and prints the tables; each class's run folders
-under <out> keep every stage, so a rerun redoes only what changed. Needs the shared data (shared/data/cifar10-jpeg.tar.gz); says so and stops when it is absent.
+under <out> keep every stage, so a rerun redoes only what changed. Needs the shared data
+(shared/data/cifar10-jpeg.tar.gz); says so and stops when it is absent.
 """
 
 from __future__ import annotations
