@@ -134,6 +134,26 @@ def test_pretrain_smoke():
     assert re.search(r"classes 0-4 vs the rest of 0-4: (\d+\.\d / ){4}\d+\.\d, mean \d+\.\d$", out, re.M), out
 
 
+def test_the_stand_in_is_the_same_weights_for_the_same_seed(tmp_path):
+    """Every stand-in figure compares rows made on one weights file: remaking it must give the same file."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import pretrain
+    import torch
+
+    from fitm.config import load_config
+
+    config = load_config(path=str(REPO / "configs" / "cifar10_cpu.py"))
+    root = pretrain.cifar_tree(pretrain.synthetic_cifar_tree(tmp_path / "data", train=8, test=1))
+    images, labels = pretrain.read_classes(root, "train", pretrain.PRETRAIN_CLASSES, config.data.image_size)
+
+    def weights(seed):
+        model = pretrain.stand_in(config.detector, images, labels, epochs=1, batch=8, seed=seed)
+        return [v.clone() for v in model.state_dict().values()]
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
 def test_quality_smoke():
     out = smoke("quality.py")
     assert re.search(r"^\| airplane \| \d+\.\d\d \| \d+\.\d\d \| .* \| \d\.\d{3} \| \d+\.\d \|$", out, re.M), out
