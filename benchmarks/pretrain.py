@@ -10,7 +10,8 @@ backbone that already knows images against near fakes) can be measured on classe
 Recipe: AdamW (lr 2e-3, one-cycle, weight decay 0.05), the detector's own training transform (resize to
 detector.resize, random crop to detector.img_size, horizontal flip, ImageNet mean/std), batch 128, 6 epochs (20 epochs with label
 smoothing 0.1 transferred worse: BENCHMARKS.md). At the end it prints each of classes 0-4's one-class kNN AUROC (k = 2, anomalies: the other
-classes of 0-4), the figure fine-tuning has to beat.
+classes of 0-4), the figure fine-tuning has to beat. The weights depend on the CPU thread count (sums in another
+order), so build it with OMP_NUM_THREADS=1, as above, to get the file BENCHMARKS.md's rows were measured on.
 """
 
 from __future__ import annotations
