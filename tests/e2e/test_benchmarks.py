@@ -131,6 +131,8 @@ def test_fakes_smoke():
 def test_pretrain_smoke():
     out = smoke("pretrain.py")
     assert "on 120 images of dog, frog, horse, ship, truck" in out and "epoch 1/1: loss" in out
+    assert re.search(r"\(weights sha256 [0-9a-f]{16}\) after \d+\.\d minutes of training on 1 thread\(s\), CPU "
+                     r"capability \w+$", out, re.M), out
     assert re.search(r"classes 0-4 vs the rest of 0-4: (\d+\.\d / ){4}\d+\.\d, mean \d+\.\d$", out, re.M), out
 
 
@@ -148,11 +150,15 @@ def test_the_stand_in_is_the_same_weights_for_the_same_seed(tmp_path):
 
     def weights(seed):
         model = pretrain.stand_in(config.detector, images, labels, epochs=1, batch=8, seed=seed)
-        return [v.clone() for v in model.state_dict().values()]
+        return {k: v.clone() for k, v in model.state_dict().items()}
 
     first, again, other = weights(0), weights(0), weights(1)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    # the printed digest names the weights: equal for equal weights, another for one changed number
+    assert pretrain.weights_digest(first) == pretrain.weights_digest(again) != pretrain.weights_digest(other)
+    nudged = {**first, "head.bias": first["head.bias"] + 1e-6}
+    assert pretrain.weights_digest(nudged) != pretrain.weights_digest(first)
 
 def test_quality_smoke():
     out = smoke("quality.py")
