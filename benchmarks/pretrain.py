@@ -11,8 +11,8 @@ Recipe: AdamW (lr 2e-3, one-cycle, weight decay 0.05), the detector's own traini
 detector.resize, random crop to detector.img_size, horizontal flip, ImageNet mean/std), batch 128, 6 epochs (20 epochs with label
 smoothing 0.1 transferred worse: BENCHMARKS.md). At the end it prints each of classes 0-4's one-class kNN AUROC (k = 2, anomalies: the other
 classes of 0-4), the figure fine-tuning has to beat. The weights depend on the CPU thread count and on the machine's
-kernels (sums in another order), so build it with OMP_NUM_THREADS=1, as above, and compare the weights' sha256 it prints with
-BENCHMARKS.md's ("The pretrained stand-in") before comparing against rows measured on another file.
+kernels (sums in another order), so build it with OMP_NUM_THREADS=1, as above, and compare the weights' sha256 it
+prints with BENCHMARKS.md's ("The pretrained stand-in") before comparing against rows measured on another file.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ def measure(args) -> None:
     with atomic_path(args.out) as tmp:
         torch.save(model.state_dict(), tmp)
     aurocs = knn_aurocs(model, root, det, size, runtime)
-    print(f"wrote {args.out} (weights sha256 {weights_digest(model.state_dict())}) after {minutes:.1f} minutes of training on "
-          f"{torch.get_num_threads()} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"wrote {args.out} (weights sha256 {weights_digest(model.state_dict())}) after {minutes:.1f} minutes of "
+          f"training on {torch.get_num_threads()} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print("kNN AUROC (k = 2) without fine-tuning, classes 0-4 vs the rest of 0-4: "
           + " / ".join(f"{100 * a:.1f}" for a in aurocs) + f", mean {100 * np.mean(aurocs):.1f}")
 
