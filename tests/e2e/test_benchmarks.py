@@ -169,6 +169,21 @@ def test_quality_smoke():
     assert out.count("Mean ± half-range over seeds 0") == 2  # the run's table, then --merge of its CSV
 
 
+def test_quality_with_a_cheap_fakes_source_has_no_score_model_columns():
+    """fakes.source=cutpaste: the fitm column is the CutPaste detector, a reference needing no score model."""
+    script = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--smoke", "--set", "fakes.source=cutpaste"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run(script, capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 1 and "late_fakes variant need one" in refused.stderr, refused.stderr[-2000:]
+    result = subprocess.run(script + ["--variants", "noised_normals"], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    number = r"\d+\.\d\d"
+    assert re.search(rf"^\| airplane \| {number} \| {number} \| not run \| {number} \| not run \|", result.stdout,
+                     re.M), result.stdout
+    assert "snapshot step" not in result.stdout  # no study
+
+
 def test_mvtec_cpu_smoke():
     out = smoke("mvtec_cpu.py")
     assert "8 normal training images, 83 test images, 64 px" in out
