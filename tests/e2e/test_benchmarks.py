@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 REPO = Path(__file__).parents[2]
 
 
@@ -292,6 +294,8 @@ def test_quality_margins_pair_fitm_with_each_baseline_by_class_and_seed():
     assert "| cutpaste_normals | +0.00 | 1 of 2 class-seeds |" in margins  # seed 1 has no cutpaste row
     assert "| pretrained_knn | +4.75 ± 0.25 | 4 of 4 class-seeds |" in margins
     assert "blurred_normals" not in margins
+    # the better cheap fake of each class-seed with two: airplane 0.81 (-1), cat 0.70 (0); seed 1 has one
+    assert "| best cheap fake | -0.50 | 0 of 2 class-seeds |" in margins
 
 
 def test_quality_merge_keeps_the_seeds_asked_for(tmp_path):
@@ -302,5 +306,35 @@ def test_quality_merge_keeps_the_seeds_asked_for(tmp_path):
              "pixel_knn": 0.6, "degenerate": 0.0, "detector_balanced_accuracy": 0.6} for seed in (0, 1, 2)]
     quality.save_csv(rows, tmp_path / "in.csv")
     for seeds, header in ((None, "seeds 0, 1, 2"), ([0, 2], "seeds 0, 2")):
-        quality.measure(SimpleNamespace(merge=[tmp_path / "in.csv"], seeds=seeds, out=tmp_path / "out"))
+        quality.measure(SimpleNamespace(merge=[tmp_path / "in.csv"], seeds=seeds, reference=[],
+                                        out=tmp_path / "out"))
         assert f"Mean ± half-range over {header} (AUROC %)" in (tmp_path / "out/quality.md").read_text()
+
+
+def test_quality_merge_fills_a_cheap_column_from_a_reference_run_on_the_same_backbone(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    from fitm.errors import FitmError
+
+    common = {"pixel_knn": 0.6, "degenerate": 0.0, "detector_balanced_accuracy": 0.6}
+    sde = [{"class": name, "seed": 0, "fitm": fitm, "pretrained_knn": knn, "noised_normals": 0.75, **common}
+           for name, fitm, knn in (("airplane", 0.80, 0.70), ("cat", 0.72, 0.66))]
+    cutpaste = [{"class": name, "seed": 0, "fitm": fitm, "pretrained_knn": knn, **common}
+                for name, fitm, knn in (("airplane", 0.82, 0.70), ("cat", 0.70, 0.66))]
+    quality.save_csv(sde, tmp_path / "sde.csv")
+    quality.save_csv(cutpaste, tmp_path / "cutpaste.csv")
+    args = SimpleNamespace(merge=[tmp_path / "sde.csv"], seeds=None, out=tmp_path / "out",
+                           reference=[f"cutpaste_normals={tmp_path / 'cutpaste.csv'}"])
+    quality.measure(args)
+    table = (tmp_path / "out/quality.md").read_text()
+    assert "| cutpaste_normals | +0.00 | 1 of 2 class-seeds |" in table  # -2 and +2
+    assert "| best cheap fake | -2.50 | 0 of 2 class-seeds |" in table  # airplane -2, cat -3 (noised 0.75)
+
+    cutpaste[1]["pretrained_knn"] = 0.67  # made on another stand-in
+    quality.save_csv(cutpaste, tmp_path / "cutpaste.csv")
+    with pytest.raises(FitmError, match="cat seed 0 has the backbone's kNN 67.00 against 66.00"):
+        quality.measure(args)
+    args.reference = ["noised=x.csv"]
+    with pytest.raises(FitmError, match="expected COLUMN=CSV with COLUMN one of noised_normals"):
+        quality.measure(args)
