@@ -338,3 +338,17 @@ def test_quality_merge_fills_a_cheap_column_from_a_reference_run_on_the_same_bac
     args.reference = ["noised=x.csv"]
     with pytest.raises(FitmError, match="expected COLUMN=CSV with COLUMN one of noised_normals"):
         quality.measure(args)
+    args.reference = [f"cutpaste_normals={tmp_path / 'missing.csv'}"]
+    with pytest.raises(FitmError, match="missing.csv: no such file"):
+        quality.measure(args)
+
+
+def test_quality_refuses_a_reference_without_merge(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    monkeypatch.setattr(sys, "argv", ["quality.py", "--reference", "cutpaste_normals=x.csv"])
+    with pytest.raises(SystemExit) as exit_:
+        quality.main()
+    assert exit_.value.code == 2
+    assert "--reference joins rows of earlier runs: it needs --merge" in capsys.readouterr().err
