@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic datasets written to tmp_path, never downloaded."""
+"""Shared fixtures: tiny synthetic datasets written to tmp_path, never downloaded, and `fitm` run in this process."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from fitm.cli import main
 
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
 
@@ -36,6 +38,17 @@ def _make_image_tree(root: Path, spec: dict[str, int], size: tuple[int, int] = (
             _write_image(root / folder / f"{i:03d}{ext}", image)
         written[folder] = pixels
     return written
+
+
+@pytest.fixture
+def cli(capsys):
+    """`fitm` run in this process: cli(*args) gives its exit code, stdout and stderr."""
+    def run(*args) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+    return run
 
 
 @pytest.fixture

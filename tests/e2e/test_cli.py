@@ -31,13 +31,6 @@ TINY = str(Path(__file__).parents[1] / "configs" / "tiny_digits.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """One tiny digits pipeline shared by the tests that read a finished run."""
@@ -79,20 +72,20 @@ def test_pipeline_writes_every_artifact(digits_run):
     assert log.count("grayscale normal class") == 1 and "one-channel score model" in log
 
 
-def test_a_backbone_warning_is_printed_once_and_logged(digits_run, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "detect", "--config", TINY, "--class", "3", "--out", str(tmp_path), "--quiet",
-                             "--fakes", str(digits_run / "fakes.npy"), "--set", "detector.frozen_blocks=1")
+def test_a_backbone_warning_is_printed_once_and_logged(digits_run, cli, tmp_path):
+    code, out, err = cli("detect", "--config", TINY, "--class", "3", "--out", str(tmp_path), "--quiet",
+                         "--fakes", str(digits_run / "fakes.npy"), "--set", "detector.frozen_blocks=1")
     assert code == 0, err
     warning = "detector.frozen_blocks=1 keeps blocks at their random initial weights"
     assert (out + err).count(warning) == 1
     assert (tmp_path / "digits" / "3" / "fitm.log").read_text().count(warning) == 1
 
 
-def test_report_redraws_pictures_and_html(digits_run, capsys):
+def test_report_redraws_pictures_and_html(digits_run, cli):
     for png in digits_run.glob("*.png"):
         png.unlink()
     (digits_run / "report.html").unlink()
-    code, out, _ = run_cli(capsys, "report", str(digits_run))
+    code, out, _ = cli("report", str(digits_run))
     assert code == 0 and "report.html" in out
     pictures = ["heatmaps.png", "roc.png", "scores_hist.png", "extremes.png", "sde/samples_10.png"]  # maps without
     # masks too: the digits' ViT has patch tokens
@@ -126,7 +119,7 @@ def test_report_puts_a_near_chance_detector_and_better_raw_pixels_first(digits_r
     assert 'class="warn"' not in page[:page.index("<h2>Metrics")]
 
 
-def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
+def test_predict_files_and_folder(digits_run, cli, tmp_path, write_image):
     from fitm.data import load_split
     from fitm.config import load_config
 
@@ -137,7 +130,7 @@ def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
     for i, image in enumerate(np.concatenate([normal, anomalous])):
         write_image(tmp_path / "imgs" / f"{i}.png", image)
 
-    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "imgs"))
+    code, out, _ = cli("predict", "--run", str(digits_run), str(tmp_path / "imgs"))
     assert code == 0
     with open(digits_run / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -148,8 +141,8 @@ def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
         assert Path(r["path"]).name in out
 
     csv_path = tmp_path / "two.csv"
-    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), "--threshold", "-1", "--csv", str(csv_path),
-                           str(tmp_path / "imgs" / "0.png"), str(tmp_path / "imgs" / "4.png"))
+    code, out, _ = cli("predict", "--run", str(digits_run), "--threshold", "-1", "--csv", str(csv_path),
+                       str(tmp_path / "imgs" / "0.png"), str(tmp_path / "imgs" / "4.png"))
     assert code == 0
     with open(csv_path) as f:
         rows2 = list(csv.DictReader(f))
@@ -157,44 +150,44 @@ def test_predict_files_and_folder(digits_run, capsys, tmp_path, write_image):
     assert float(rows2[0]["score"]) == pytest.approx(float(rows[0]["score"]), rel=1e-3)  # batch-size rounding
 
 
-def test_predict_refuses_other_sizes_unless_resized(digits_run, capsys, tmp_path, write_image):
+def test_predict_refuses_other_sizes_unless_resized(digits_run, cli, tmp_path, write_image):
     write_image(tmp_path / "big.png", np.zeros((12, 12, 3), np.uint8))
-    code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "big.png"))
+    code, _, err = cli("predict", "--run", str(digits_run), str(tmp_path / "big.png"))
     assert code == 2 and "big.png" in err and "12x12" in err and err.count("\n") == 1
-    code, _, _ = run_cli(capsys, "predict", "--run", str(digits_run), "--resize", str(tmp_path / "big.png"))
+    code, _, _ = cli("predict", "--run", str(digits_run), "--resize", str(tmp_path / "big.png"))
     assert code == 0
     # a grey image of the run's size is converted (repeated to 3 channels), as the datasets' readers do
     write_image(tmp_path / "gray.png", np.full((8, 8), 90, np.uint8))
     write_image(tmp_path / "rgb.png", np.full((8, 8, 3), 90, np.uint8))
-    code, out, _ = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "gray.png"),
-                           str(tmp_path / "rgb.png"), "--csv", str(tmp_path / "p.csv"))
+    code, out, _ = cli("predict", "--run", str(digits_run), str(tmp_path / "gray.png"),
+                       str(tmp_path / "rgb.png"), "--csv", str(tmp_path / "p.csv"))
     with open(tmp_path / "p.csv") as f:
         scores = [float(r["score"]) for r in csv.DictReader(f)]
     # equal up to float rounding: a batch of two is reduced in a different order than one image
     assert code == 0 and scores[0] == pytest.approx(scores[1], rel=1e-5)
 
 
-def test_predict_on_corrupt_image_and_untrained_run(digits_run, capsys, tmp_path):
+def test_predict_on_corrupt_image_and_untrained_run(digits_run, cli, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    code, _, err = run_cli(capsys, "predict", "--run", str(digits_run), str(tmp_path / "bad.png"))
+    code, _, err = cli("predict", "--run", str(digits_run), str(tmp_path / "bad.png"))
     assert code == 2 and "bad.png" in err and err.count("\n") == 1
-    code, _, err = run_cli(capsys, "predict", "--run", str(tmp_path), str(tmp_path / "bad.png"))
+    code, _, err = cli("predict", "--run", str(tmp_path), str(tmp_path / "bad.png"))
     assert code == 2 and "run" in err and err.count("\n") == 1
 
 
-def test_pipeline_is_skipped_when_up_to_date(digits_run, capsys):
+def test_pipeline_is_skipped_when_up_to_date(digits_run, cli):
     out = digits_run.parents[1]
     stamps = {p: p.stat().st_mtime_ns for p in [digits_run / "fakes.npy", digits_run / "detector/model.pt"]}
-    code, stdout, _ = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
+    code, stdout, _ = cli("pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
     assert code == 0 and "AUROC" in stdout
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     log = (digits_run / "fitm.log").read_text()
     assert "generate: " in log and "is up to date, skipped" in log
 
 
-def test_generate_with_auto_checkpoint_records_its_choice(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "4", "--out", str(tmp_path),
-                           "--set", "fakes.checkpoint=auto", "--quiet")
+def test_generate_with_auto_checkpoint_records_its_choice(cli, tmp_path):
+    code, _, err = cli("generate", "--config", TINY, "--class", "4", "--out", str(tmp_path),
+                       "--set", "fakes.checkpoint=auto", "--quiet")
     assert code == 0, err
     run = tmp_path / "digits" / "4"
     with open(run / "sde" / "auto_checkpoint.csv") as f:
@@ -229,11 +222,11 @@ def _synthetic_folder(root: Path, write_image, classes=("a",), n_train=40, n_tes
 
 
 @pytest.mark.parametrize("probe", [False, True])
-def test_detect_separates_normals_from_anomalies(capsys, tmp_path, write_image, probe):
+def test_detect_separates_normals_from_anomalies(cli, tmp_path, write_image, probe):
     fakes = _synthetic_folder(tmp_path / "data", write_image)
     np.save(tmp_path / "fakes.npy", fakes)
-    code, out, err = run_cli(
-        capsys, "detect", "--config", TINY, "--set", "data.name=folder", "--class", "a",
+    code, out, err = cli(
+        "detect", "--config", TINY, "--set", "data.name=folder", "--class", "a",
         "--data-root", str(tmp_path / "data"), "--fakes", str(tmp_path / "fakes.npy"), "--out", str(tmp_path / "runs"),
         "--set", "detector.epochs=15", "--set", f"detector.linear_probe={probe}", "--quiet",
     )
@@ -247,10 +240,10 @@ def test_detect_separates_normals_from_anomalies(capsys, tmp_path, write_image, 
         assert "probe_balanced_accuracy" not in metrics["detector"] and "linear probe" not in log
 
 
-def test_pipeline_all_classes_writes_summary(capsys, tmp_path, write_image):
+def test_pipeline_all_classes_writes_summary(cli, tmp_path, write_image):
     _synthetic_folder(tmp_path / "data", write_image, classes=("a", "b"), n_train=24, n_test=10)
-    code, out, err = run_cli(capsys, "pipeline", "--config", TINY, "--set", "data.name=folder", "--class", "all",
-                             "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--quiet")
+    code, out, err = cli("pipeline", "--config", TINY, "--set", "data.name=folder", "--class", "all",
+                         "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--quiet")
     assert code == 0, err
     with open(tmp_path / "runs/folder/summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -283,13 +276,13 @@ def test_killed_during_detect_resumes_without_redoing_generate(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["auroc"] >= 0
 
 
-def test_detect_with_nnd_and_fsde_on_cifar10(capsys, tmp_path, cifar10_root, cifar100_root):
+def test_detect_with_nnd_and_fsde_on_cifar10(cli, tmp_path, cifar10_root, cifar100_root):
     assert cifar10_root == cifar100_root
     rng = np.random.default_rng(0)
     np.save(tmp_path / "fakes.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
     np.save(tmp_path / "fsde.npy", rng.integers(0, 256, (10 * 5, 32, 32, 3), dtype=np.uint8))
-    code, out, err = run_cli(
-        capsys, "detect", "--config", TINY, "--set", "data.name=cifar10", "--class", "airplane", "--data-root",
+    code, out, err = cli(
+        "detect", "--config", TINY, "--set", "data.name=cifar10", "--class", "airplane", "--data-root",
         str(cifar10_root), "--fakes", str(tmp_path / "fakes.npy"), "--nnd", "--fsde", str(tmp_path / "fsde.npy"),
         "--out", str(tmp_path / "runs"), "--quiet",
     )
@@ -304,32 +297,32 @@ def test_detect_with_nnd_and_fsde_on_cifar10(capsys, tmp_path, cifar10_root, cif
     assert "NND min AUROC" in out and "FSDE AUROC" in out
 
 
-def test_fakes_file_is_sliced_or_refused_by_its_length(capsys, tmp_path, cifar10_root):
+def test_fakes_file_is_sliced_or_refused_by_its_length(cli, tmp_path, cifar10_root):
     """10 normals per class in the fixture: 10 fakes are one class's, 100 all classes' in the authors' layout
     (class 2's slice is used); any other length is one clear line and exit 2, and nothing is trained."""
     rng = np.random.default_rng(0)
     args = ["detect", "--config", TINY, "--set", "data.name=cifar10", "--class", "bird", "--data-root",
             str(cifar10_root), "--out", str(tmp_path / "runs"), "--quiet"]
     np.save(tmp_path / "bad.npy", rng.integers(0, 256, (37, 32, 32, 3), dtype=np.uint8))
-    code, _, err = run_cli(capsys, *args, "--fakes", str(tmp_path / "bad.npy"))
+    code, _, err = cli(*args, "--fakes", str(tmp_path / "bad.npy"))
     assert code == 2 and err.count("\n") == 1 and "holds 37 images" in err and "(10:" in err and "(100)" in err
     assert not (tmp_path / "runs/cifar10/bird/detector").exists()
 
     all_classes = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "all.npy", all_classes)
-    code, _, err = run_cli(capsys, *args, "--fakes", str(tmp_path / "all.npy"))
+    code, _, err = cli(*args, "--fakes", str(tmp_path / "all.npy"))
     assert code == 0, err
     run = tmp_path / "runs/cifar10/bird"
     assert json.loads((run / "metrics.json").read_text())["n_train"] == 10
     assert "holds all 10 classes in the authors' layout; using class 2" in (run / "fitm.log").read_text()
 
 
-def test_fakes_that_are_not_uint8_nhwc_are_refused(capsys, tmp_path):
+def test_fakes_that_are_not_uint8_nhwc_are_refused(cli, tmp_path):
     np.save(tmp_path / "floats.npy", np.zeros((4, 8, 8, 3), np.float32))
     np.save(tmp_path / "two_channels.npy", np.zeros((4, 8, 8, 2), np.uint8))
     for name in ("floats.npy", "two_channels.npy"):
-        code, _, err = run_cli(capsys, "detect", "--config", TINY, "--class", "1", "--fakes", str(tmp_path / name),
-                               "--out", str(tmp_path / "runs"))
+        code, _, err = cli("detect", "--config", TINY, "--class", "1", "--fakes", str(tmp_path / name),
+                           "--out", str(tmp_path / "runs"))
         assert code == 2 and name in err and "uint8 NHWC" in err and err.count("\n") == 1
         assert not (tmp_path / "runs/digits/1/detector").exists()
 
@@ -348,19 +341,19 @@ def test_fakes_that_are_not_uint8_nhwc_are_refused(capsys, tmp_path):
         (["predict", "--run", "/nonexistent/run", "x.png"], "/nonexistent/run"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, expected):
-    code, _, err = run_cli(capsys, *args, *(["--out", str(tmp_path)] if args[0] != "predict" else []))
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, expected):
+    code, _, err = cli(*args, *(["--out", str(tmp_path)] if args[0] != "predict" else []))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("Error: ") and expected in err
     assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.pt"))
 
 
-def test_extending_training_from_the_command_continues_from_the_newest_checkpoint(capsys, tmp_path):
+def test_extending_training_from_the_command_continues_from_the_newest_checkpoint(cli, tmp_path):
     args = ["generate", "--config", TINY, "--class", "5", "--out", str(tmp_path), "--quiet"]
-    code, _, err = run_cli(capsys, *args)
+    code, _, err = cli(*args)
     assert code == 0, err
-    code, _, err = run_cli(capsys, *args, "--set", "training.n_iters=30", "--set", "training.snapshot_iters=(10, 20)",
-                           "--set", "fakes.checkpoint=last")
+    code, _, err = cli(*args, "--set", "training.n_iters=30", "--set", "training.snapshot_iters=(10, 20)",
+                       "--set", "fakes.checkpoint=last")
     assert code == 0, err
     run = tmp_path / "digits" / "5"
     log = (run / "fitm.log").read_text()
@@ -379,17 +372,17 @@ def test_fakes_count_above_the_normal_count_makes_as_many_fakes_as_normals(tmp_p
     assert "never more fakes than normal training images" in (run / "fitm.log").read_text()
 
 
-def test_generate_trains_only_to_the_fakes_checkpoint_and_cheap_fakes_train_nothing(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "sde"),
-                           "--quiet")
+def test_generate_trains_only_to_the_fakes_checkpoint_and_cheap_fakes_train_nothing(tmp_path, cli):
+    code, _, err = cli("generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "sde"),
+                       "--quiet")
     assert code == 0, err
     run = tmp_path / "sde" / "digits" / "0"
     assert sorted(p.name for p in (run / "sde").glob("ckpt_*.pt")) == ["ckpt_10.pt"]  # fakes.checkpoint 10 of 20
     meta = json.loads((run / "fakes.json").read_text())
     assert meta["source"] == "sde" and meta["trained_steps"] == 10 and meta["snapshots_not_trained"] == [20]
 
-    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "noised"),
-                           "--set", "fakes.source=noised", "--quiet")
+    code, _, err = cli("generate", "--config", TINY, "--class", "0", "--out", str(tmp_path / "noised"),
+                       "--set", "fakes.source=noised", "--quiet")
     assert code == 0, err
     run = tmp_path / "noised" / "digits" / "0"
     meta = json.loads((run / "fakes.json").read_text())
@@ -399,10 +392,10 @@ def test_generate_trains_only_to_the_fakes_checkpoint_and_cheap_fakes_train_noth
     assert meta["grayscale"] is True and (fakes == fakes[..., :1]).all()  # the same noise on every channel
 
 
-def test_auto_records_the_snapshots_it_measured_and_those_never_trained(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "generate", "--config", TINY, "--class", "0", "--out", str(tmp_path),
-                           "--set", "fakes.checkpoint=auto", "--set", "training.snapshot_iters=(5,10,15)",
-                           "--set", "sampling.method=dpm_solver", "--quiet")
+def test_auto_records_the_snapshots_it_measured_and_those_never_trained(tmp_path, cli):
+    code, _, err = cli("generate", "--config", TINY, "--class", "0", "--out", str(tmp_path),
+                       "--set", "fakes.checkpoint=auto", "--set", "training.snapshot_iters=(5,10,15)",
+                       "--set", "sampling.method=dpm_solver", "--quiet")
     assert code == 0, err
     run = tmp_path / "digits" / "0"
     with open(run / "sde" / "auto_checkpoint.csv", newline="") as f:

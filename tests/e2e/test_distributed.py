@@ -1,7 +1,7 @@
 """Under torchrun, on the CPU with gloo (2 processes, tiny configs): `--class all` does each class once and
 writes the summary a single process writes; one class trained by 2 ranks follows the 1-process run (same global
-batch; dropout off, since each rank draws its own dropout masks); a killed 2-rank job resumes; a rank that fails
-ends both with exit 2 instead of a hang."""
+batch; dropout off, since each rank draws its own dropout masks); a killed 2-rank job resumes; one rank killed
+stops the other in bounded time with one error line; a rank that fails ends both with exit 2 instead of a hang."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def wait_for(path: Path, job: subprocess.Popen) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists() and job.poll() is None, f"{path} never appeared while the job ran"
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -101,9 +108,7 @@ def test_a_killed_two_rank_job_resumes_where_it_stopped(tmp_path):
     job = subprocess.Popen([*launcher, "-m", "fitm", *args, "--out", str(out)], env=ENV,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "digits/5/sde/ckpt_20.pt"
-    deadline = time.monotonic() + TIMEOUT
-    while not first.exists() and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(first, job)
     for pid in [job.pid, *descendants(job.pid)]:  # the whole job, every rank at once, as a lost machine would
         try:
             os.kill(pid, signal.SIGKILL)
@@ -119,6 +124,39 @@ def test_a_killed_two_rank_job_resumes_where_it_stopped(tmp_path):
               for run in (tmp_path / "straight", out))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
     assert np.array_equal(np.load(out / "digits/5/fakes.npy"), np.load(tmp_path / "straight/digits/5/fakes.npy"))
+
+
+def rank_of(pid: int) -> str | None:
+    """The RANK torchrun gave a process, from its environment; None for the launcher or a process gone."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((v[5:].decode() for v in environ if v.startswith(b"RANK=")), None)
+
+
+def test_torchrun_with_one_rank_killed_stops_the_other_in_bounded_time_and_resumes(tmp_path):
+    args = ["-m", "fitm", "generate", "--config", TINY, "--class", "5", "--quiet", "--set", "training.n_iters=200",
+            "--set", "training.snapshot_iters=(20, 100)", "--set", "fakes.checkpoint=last", "--out", str(tmp_path)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "--log-dir", str(tmp_path / "logs"), "--redirects", "3"]
+    job = subprocess.Popen([*launcher, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(tmp_path / "digits/5/sde/ckpt_20.pt", job)
+    rank_1 = next(pid for pid in descendants(job.pid) if rank_of(pid) == "1")
+    os.kill(rank_1, signal.SIGKILL)
+    clock = time.monotonic()
+    job.wait(timeout=120)
+    assert time.monotonic() - clock < 60 and job.returncode != 0
+    rank_0 = [p for p in (tmp_path / "logs").rglob("stderr.log") if p.parent.name == "0"]
+    err = rank_0[0].read_text()
+    assert err.count("Error: ") == 1 and "Traceback" not in err, err
+    assert "stopped" in err.strip().splitlines()[-1]
+
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              *args], capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "score model: resuming from" in (tmp_path / "digits/5/fitm.log").read_text()
+    assert (tmp_path / "digits/5/fakes.npy").is_file()
 
 
 def test_a_failing_rank_ends_the_job_with_exit_2_on_both(tmp_path):

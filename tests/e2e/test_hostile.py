@@ -1,7 +1,7 @@
 """What a hostile user tries next: a run's own files as an output target, NaN thresholds, weight files that are not
 weights, library warnings, and the faults of the machine: two writers of one run, a full disk, a read-only file
-system, SIGTERM/SIGINT, a torchrun rank killed, and kill -9 at every stage boundary. Each ends in one line, and
-nothing already written is lost; a rerun resumes."""
+system, SIGTERM/SIGINT, and kill -9 at every stage boundary (a torchrun rank killed: test_distributed.py). Each ends
+in one line, and nothing already written is lost; a rerun resumes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import torch
 from PIL import Image
 
 import fitm
-from fitm.cli import main
 from fitm.errors import FitmError
 from fitm.run import SAVED
 
@@ -35,13 +34,6 @@ TIMEOUT = 300
 def fitm_process(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fitm", *args], capture_output=True, text=True, timeout=TIMEOUT,
                           env=ENV)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def one_line(err: str, *words: str) -> None:
@@ -85,25 +77,25 @@ def run_copy(finished, tmp_path):
     ("predict", "config.json"), ("predict", "metrics.json"), ("predict", "detector/model.pt"),
     ("export", "config.json"), ("export", "detector/bank.pt"), ("export", "scores.csv"), ("export", "sde/ckpt_10.pt"),
 ])
-def test_a_run_file_as_csv_or_out_is_refused_and_the_run_kept(run_copy, finished, capsys, command, target):
+def test_a_run_file_as_csv_or_out_is_refused_and_the_run_kept(run_copy, finished, cli, command, target):
     before = snapshot(run_copy)
     option = "--csv" if command == "predict" else "--out"
     args = [str(finished["images"])] if command == "predict" else []
-    code, _, err = run_cli(capsys, command, "--run", str(run_copy), *args, option, str(run_copy / target))
+    code, _, err = cli(command, "--run", str(run_copy), *args, option, str(run_copy / target))
     assert code == 2
     one_line(err, option, target, "would destroy the run")
     assert snapshot(run_copy) == before
 
 
-def test_export_into_an_existing_folder_writes_detector_onnx_and_leaves_no_temporary_file(run_copy, tmp_path, capsys):
+def test_export_into_an_existing_folder_writes_detector_onnx_and_leaves_no_temporary_file(run_copy, tmp_path, cli):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     folder = tmp_path / "exports"
     folder.mkdir()
-    code, out, err = run_cli(capsys, "export", "--run", str(run_copy), "--out", str(folder))
+    code, out, err = cli("export", "--run", str(run_copy), "--out", str(folder))
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == ["detector.onnx"]
-    code, _, err = run_cli(capsys, "export", "--run", str(run_copy))  # the default: into the run
+    code, _, err = cli("export", "--run", str(run_copy))  # the default: into the run
     assert code == 0, err
     assert (run_copy / "detector.onnx").is_file() and leftovers(run_copy) == []
     images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
@@ -134,23 +126,23 @@ def test_save_replaces_a_saved_detector_with_its_onnx_and_refuses_a_run(run_copy
     assert detector.save(run_copy) == run_copy and snapshot(run_copy) == before  # its own folder: nothing to do
 
 
-def test_load_names_a_missing_folder_a_file_and_the_runs_below(finished, tmp_path, capsys):
+def test_load_names_a_missing_folder_a_file_and_the_runs_below(finished, tmp_path, cli):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for path, words in ((tmp_path / "missing", "no such folder"), (a_file, "is a file")):
         with pytest.raises(FitmError, match=words) as error:
             fitm.Detector.load(path)
         assert "--run" not in str(error.value) and "--out" not in str(error.value)
-    code, _, err = run_cli(capsys, "export", "--run", str(finished["out"]))
+    code, _, err = cli("export", "--run", str(finished["out"]))
     one_line(err, "holds no fitm run", "the runs below it: digits/3")
 
 
 # --- 2. numbers, weights, configs, images ------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_a_threshold_that_is_not_a_finite_number_is_refused(finished, capsys, value):
-    code, _, err = run_cli(capsys, "predict", "--run", str(finished["run"]), str(finished["images"]),
-                           "--threshold", value, "--csv", str(finished["out"] / "p.csv"))
+def test_a_threshold_that_is_not_a_finite_number_is_refused(finished, cli, value):
+    code, _, err = cli("predict", "--run", str(finished["run"]), str(finished["images"]),
+                       "--threshold", value, "--csv", str(finished["out"] / "p.csv"))
     assert code == 2
     one_line(err, "--threshold", "finite number")
 
@@ -165,14 +157,14 @@ def test_detector_predict_checks_its_threshold_as_the_command(finished):
     assert anomalous.tolist() == (scores > 0).tolist()
 
 
-def test_a_float_set_to_infinity_is_refused(finished, capsys):
-    code, _, err = run_cli(capsys, *PIPELINE, "--out", str(finished["out"]), "--set", "detector.lr=1e999")
+def test_a_float_set_to_infinity_is_refused(finished, cli):
+    code, _, err = cli(*PIPELINE, "--out", str(finished["out"]), "--set", "detector.lr=1e999")
     assert code == 2
     one_line(err, "detector.lr=inf")
 
 
-def test_an_empty_snapshot_tuple_is_named(finished, capsys):
-    code, _, err = run_cli(capsys, *PIPELINE, "--out", str(finished["out"]), "--set", "training.snapshot_iters=()")
+def test_an_empty_snapshot_tuple_is_named(finished, cli):
+    code, _, err = cli(*PIPELINE, "--out", str(finished["out"]), "--set", "training.snapshot_iters=()")
     assert code == 2
     one_line(err, "training.snapshot_iters=()", "fakes.checkpoint='10'")
 
@@ -183,11 +175,11 @@ def test_an_empty_snapshot_tuple_is_named(finished, capsys):
     (b"<!DOCTYPE html><html>404</html>", "an HTML page"),
     (b"", "an empty file"),
 ])
-def test_a_weights_file_that_is_not_weights_is_one_line_naming_its_kind(tmp_path, capsys, content, kind):
+def test_a_weights_file_that_is_not_weights_is_one_line_naming_its_kind(tmp_path, cli, content, kind):
     path = tmp_path / "w.pth"
     path.write_bytes(content)
-    code, _, err = run_cli(capsys, "detect", "--config", TINY, "--class", "3", "--out", str(tmp_path / "o"),
-                           "--pretrained", str(path), "--quiet")
+    code, _, err = cli("detect", "--config", TINY, "--class", "3", "--out", str(tmp_path / "o"),
+                       "--pretrained", str(path), "--quiet")
     assert code == 2
     one_line(err, str(path), kind, ".safetensors")
     assert "weights_only" not in err.lower() and "unpickl" not in err.lower()
@@ -207,21 +199,21 @@ def test_a_palette_png_and_a_very_large_png_score_with_no_library_warning(finish
 
 # --- 3. the machine's faults --------------------------------------------------------------------------------
 
-def test_a_second_writer_of_a_run_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken(run_copy, capsys):
+def test_a_second_writer_of_a_run_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken(run_copy, cli):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fitm.run import Run; "
                                "Run(sys.argv[1]).open(); print('held', flush=True); time.sleep(120)", str(run_copy)],
                               stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(run_copy)
-        code, _, err = run_cli(capsys, *PIPELINE, "--out", str(run_copy.parents[1]))
+        code, _, err = cli(*PIPELINE, "--out", str(run_copy.parents[1]))
         assert code == 2
         one_line(err, f"another fitm process (PID {holder.pid}) is writing this run")
         assert snapshot(run_copy) == before
     finally:
         holder.kill()
         holder.wait()
-    code, _, err = run_cli(capsys, *PIPELINE, "--out", str(run_copy.parents[1]))
+    code, _, err = cli(*PIPELINE, "--out", str(run_copy.parents[1]))
     assert code == 0, err
     assert (run_copy / ".fitm.lock").read_text().strip() == str(os.getpid())
 
@@ -314,7 +306,7 @@ def _wait_for(path: Path, job: subprocess.Popen) -> None:
     (signal.SIGTERM, "generate", "sde/ckpt_10.pt", 143),  # while the score model trains on to step 60 (last)
     (signal.SIGINT, "detect", "detector/train_log.csv", 130),  # after the first of 20 epochs of the detector
 ])
-def test_sigterm_and_sigint_stop_with_one_line_and_a_rerun_resumes(finished, tmp_path, capsys, signum, command,
+def test_sigterm_and_sigint_stop_with_one_line_and_a_rerun_resumes(finished, tmp_path, cli, signum, command,
                                                                      marker, code):
     run = tmp_path / "digits/3"
     if command == "detect":  # the run's fakes, without its detector
@@ -332,58 +324,10 @@ def test_sigterm_and_sigint_stop_with_one_line_and_a_rerun_resumes(finished, tmp
                       "the same command resumes from it"], err
     assert leftovers(run) == [] and not (run / "detector/model.pt").exists()
 
-    code, _, err = run_cli(capsys, *args, "--out", str(tmp_path))
+    code, _, err = cli(*args, "--out", str(tmp_path))
     assert code == 0, err
     log = (run / "fitm.log").read_text().rsplit(f"run {run}:", 1)[-1]
     assert "score model: resuming from" in log if command == "generate" else (run / "metrics.json").is_file()
-
-
-def _descendants(pid: int) -> list[int]:
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _rank_of(pid: int) -> str | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return next((v[5:].decode() for v in environ if v.startswith(b"RANK=")), None)
-
-
-def test_torchrun_with_one_rank_killed_stops_the_other_in_bounded_time_and_resumes(tmp_path):
-    args = ["-m", "fitm", "generate", "--config", TINY, "--class", "5", "--quiet", "--set", "training.n_iters=200",
-            "--set", "training.snapshot_iters=(20, 100)", "--set", "fakes.checkpoint=last", "--out", str(tmp_path)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "--log-dir", str(tmp_path / "logs"), "--redirects", "3"]
-    job = subprocess.Popen([*launcher, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(tmp_path / "digits/5/sde/ckpt_20.pt", job)
-    rank_1 = next(pid for pid in _descendants(job.pid) if _rank_of(pid) == "1")
-    os.kill(rank_1, signal.SIGKILL)
-    clock = time.monotonic()
-    job.wait(timeout=120)
-    assert time.monotonic() - clock < 60 and job.returncode != 0
-    rank_0 = [p for p in (tmp_path / "logs").rglob("stderr.log") if p.parent.name == "0"]
-    err = rank_0[0].read_text()
-    assert err.count("Error: ") == 1 and "Traceback" not in err, err
-    assert "stopped" in err.strip().splitlines()[-1]
-
-    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              *args], capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "score model: resuming from" in (tmp_path / "digits/5/fitm.log").read_text()
-    assert (tmp_path / "digits/5/fakes.npy").is_file()
 
 
 SIGTERM_ON_THE_WAY_OUT = """

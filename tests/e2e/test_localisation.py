@@ -45,13 +45,6 @@ def write_category(folder: Path, seed: int = 0) -> None:
                 Image.fromarray(mask).save(folder / "ground_truth" / defect / f"{i:03d}_mask.png")
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 @pytest.fixture(scope="module")
 def mvtec_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mvtec")
@@ -85,19 +78,19 @@ def test_report_reads_as_a_practitioner_needs(mvtec_run):
         assert text in page, text
 
 
-def test_report_redraws_the_map_pictures(mvtec_run, capsys):
+def test_report_redraws_the_map_pictures(mvtec_run, cli):
     _, run = mvtec_run
     (run / "heatmaps.png").unlink()
-    code, out, err = run_cli(capsys, "report", str(run))
+    code, out, err = cli("report", str(run))
     assert code == 0, err
     assert (run / "heatmaps.png").read_bytes().startswith(b"\x89PNG") and "report.html" in out
 
 
-def test_predict_maps_writes_a_heatmap_and_raw_map_per_image(mvtec_run, capsys, tmp_path):
+def test_predict_maps_writes_a_heatmap_and_raw_map_per_image(mvtec_run, cli, tmp_path):
     root, run = mvtec_run
     files = sorted((root / "bottle" / "test" / "square").glob("*.png"))
-    code, out, err = run_cli(capsys, "predict", "--run", str(run), *map(str, files), "--resize", "--maps",
-                             str(tmp_path / "maps"), "--npy", "--quiet", "--csv", str(tmp_path / "p.csv"))
+    code, out, err = cli("predict", "--run", str(run), *map(str, files), "--resize", "--maps",
+                         str(tmp_path / "maps"), "--npy", "--quiet", "--csv", str(tmp_path / "p.csv"))
     assert code == 0, err
     for f in files:
         heatmap = Image.open(tmp_path / "maps" / f"{f.stem}.png")
@@ -111,25 +104,25 @@ def test_predict_maps_writes_a_heatmap_and_raw_map_per_image(mvtec_run, capsys, 
     assert "map" in (tmp_path / "p.csv").read_text().splitlines()[0] and "heatmaps:" in out
 
 
-def test_predict_npy_without_maps_and_maps_onto_a_file_are_refused(mvtec_run, capsys, tmp_path):
+def test_predict_npy_without_maps_and_maps_onto_a_file_are_refused(mvtec_run, cli, tmp_path):
     root, run = mvtec_run
     image = str(next((root / "bottle" / "test" / "good").glob("*.png")))
-    code, _, err = run_cli(capsys, "predict", "--run", str(run), image, "--resize", "--npy")
+    code, _, err = cli("predict", "--run", str(run), image, "--resize", "--npy")
     assert code == 2 and "--npy" in err and "--maps DIR" in err and err.count("\n") == 1
     (tmp_path / "file").write_text("")
-    code, _, err = run_cli(capsys, "predict", "--run", str(run), image, "--resize", "--maps", str(tmp_path / "file"))
+    code, _, err = cli("predict", "--run", str(run), image, "--resize", "--maps", str(tmp_path / "file"))
     assert code == 2 and "is a file" in err
 
 
-def test_a_missing_or_mis_sized_mask_is_one_clear_line(capsys, tmp_path):
+def test_a_missing_or_mis_sized_mask_is_one_clear_line(cli, tmp_path):
     write_category(tmp_path / "bottle")
     mask = tmp_path / "bottle" / "ground_truth" / "bar" / "001_mask.png"
     mask.unlink()
     args = ["detect", "--config", TINY, *MVTEC, "--class", "bottle", "--data-root", str(tmp_path), "--out",
             str(tmp_path / "runs"), "--quiet"]
-    code, _, err = run_cli(capsys, *args)
+    code, _, err = cli(*args)
     assert code == 2 and err.count("\n") == 1 and f"{mask}: no such mask" in err and "test/bar/001.png" in err
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)
-    code, _, err = run_cli(capsys, *args)
+    code, _, err = cli(*args)
     assert code == 2 and "the mask is 8x8, but its image" in err and "is 32x32" in err
     assert not (tmp_path / "runs").exists()

@@ -17,13 +17,6 @@ from fitm.cli import main
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny_digits.py")
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def refused(code: int, err: str, *words: str) -> None:
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("Error: ") and "Traceback" not in err, err
@@ -83,9 +76,9 @@ def unchanged(finished) -> None:
     ("detector.pretrained=/nonexistent/w.pth", ["/nonexistent/w.pth", "does not exist"]),
     ("data.image_size=7", ["data.image_size=7", "multiple of"]),
 ])
-def test_a_bad_setting_is_refused_before_any_work_and_the_run_is_kept(finished, capsys, setting, words):
-    code, _, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(finished["out"]),
-                           "--set", setting, "--quiet")
+def test_a_bad_setting_is_refused_before_any_work_and_the_run_is_kept(finished, cli, setting, words):
+    code, _, err = cli("pipeline", "--config", TINY, "--class", "3", "--out", str(finished["out"]),
+                       "--set", setting, "--quiet")
     refused(code, err, *words)
     unchanged(finished)
 
@@ -94,9 +87,9 @@ def test_a_bad_setting_is_refused_before_any_work_and_the_run_is_kept(finished, 
     (["--nnd"], ["--nnd", "cifar10 only"]),
     (["--fsde", "x.npy"], ["--fsde", "cifar10 only"]),
 ])
-def test_an_evaluation_that_does_not_apply_is_refused_before_training(finished, capsys, flag, words):
-    code, _, err = run_cli(capsys, "detect", "--config", TINY, "--class", "3", "--out", str(finished["out"]),
-                           *flag)
+def test_an_evaluation_that_does_not_apply_is_refused_before_training(finished, cli, flag, words):
+    code, _, err = cli("detect", "--config", TINY, "--class", "3", "--out", str(finished["out"]),
+                       *flag)
     refused(code, err, *words)
     unchanged(finished)
 
@@ -112,7 +105,7 @@ def test_an_evaluation_that_does_not_apply_is_refused_before_training(finished, 
     ("missing_key.json", "from-run", ["key detector.k is missing"]),
     ("extra_key.json", "extra", ["unknown key detector.nope"]),
 ])
-def test_a_config_file_of_the_wrong_shape_is_refused(finished, capsys, tmp_path, name, content, words):
+def test_a_config_file_of_the_wrong_shape_is_refused(finished, cli, tmp_path, name, content, words):
     import json
 
     path = tmp_path / name
@@ -127,8 +120,8 @@ def test_a_config_file_of_the_wrong_shape_is_refused(finished, capsys, tmp_path,
         path.write_text(json.dumps(config))
     else:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    code, _, err = run_cli(capsys, "pipeline", "--config", str(path), "--class", "3", "--out",
-                           str(finished["out"]), "--quiet")
+    code, _, err = cli("pipeline", "--config", str(path), "--class", "3", "--out",
+                       str(finished["out"]), "--quiet")
     refused(code, err, str(path), *words)
     unchanged(finished)
 
@@ -141,8 +134,8 @@ def copy_of(finished, tmp_path):
     return out, out / "digits" / "3"
 
 
-def rerun(capsys, out) -> tuple[int, str, str]:
-    return run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
+def rerun(cli, out) -> tuple[int, str, str]:
+    return cli("pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
 
 
 @pytest.mark.parametrize("name, damage", [
@@ -153,14 +146,14 @@ def rerun(capsys, out) -> tuple[int, str, str]:
     ("sde/inputs.json", b"\x00\x01garbage"),
     ("sde/ckpt_10.pt", "truncate"),
 ])
-def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finished, copy_of, capsys, name, damage):
+def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finished, copy_of, cli, name, damage):
     """The score model's files are read only when the fakes are made again, so for them fakes.npy goes too."""
     out, run = copy_of
     path = run / name
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3] if damage == "truncate" else damage)
     if name.startswith("sde/"):
         (run / "fakes.npy").unlink()
-    code, _, err = rerun(capsys, out)
+    code, _, err = rerun(cli, out)
     assert code == 0, err
     assert "Traceback" not in err
     log = (run / "fitm.log").read_text()
@@ -169,54 +162,54 @@ def test_a_damaged_artifact_is_made_again_and_the_run_predicts_as_before(finishe
     assert predicted(run, finished["images"]) == pytest.approx(finished["scores"], rel=1e-5)
 
 
-def test_leftovers_of_an_interrupted_write_are_removed(finished, copy_of, capsys):
+def test_leftovers_of_an_interrupted_write_are_removed(finished, copy_of, cli):
     out, run = copy_of
     leftovers = [run / "sde" / ".ckpt_10.pt.abc123.tmp.pt", run / ".fakes.npy.xyz.tmp.npy"]
     for path in leftovers:
         path.write_bytes(b"half")
-    code, _, err = rerun(capsys, out)
+    code, _, err = rerun(cli, out)
     assert code == 0, err
     assert not any(path.exists() for path in leftovers)
 
 
-def test_a_damaged_bank_is_one_line_for_predict(finished, copy_of, capsys):
+def test_a_damaged_bank_is_one_line_for_predict(finished, copy_of, cli):
     out, run = copy_of
     (run / "detector/bank.pt").write_bytes(b"\x00" * 10)
-    code, _, err = run_cli(capsys, "predict", "--run", str(run), str(finished["images"]))
+    code, _, err = cli("predict", "--run", str(run), str(finished["images"]))
     refused(code, err, "detector/bank.pt cannot be read", "fitm detect")
 
 
-def test_a_truncated_scores_file_is_named_by_report(finished, copy_of, capsys):
+def test_a_truncated_scores_file_is_named_by_report(finished, copy_of, cli):
     out, run = copy_of
     lines = (run / "scores.csv").read_text().splitlines()
     (run / "scores.csv").write_text("\n".join(lines[: len(lines) // 2]) + "\n")
-    code, _, err = run_cli(capsys, "report", str(run))
+    code, _, err = cli("report", str(run))
     refused(code, err, "scores.csv holds", "damaged")
 
 
-def test_file_system_trouble_is_one_line(finished, capsys, tmp_path):
+def test_file_system_trouble_is_one_line(finished, cli, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for out in (a_file, a_file / "below"):
-        code, _, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
+        code, _, err = cli("pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet")
         refused(code, err, "--out")
-    code, _, err = run_cli(capsys, "predict", "--run", str(finished["run"]), str(finished["images"]), "--csv",
-                           str(tmp_path))
+    code, _, err = cli("predict", "--run", str(finished["run"]), str(finished["images"]), "--csv",
+                       str(tmp_path))
     refused(code, err, "--csv", "is a folder")
     (tmp_path / "weights.pth").write_text("hello, not weights")
-    code, _, err = run_cli(capsys, "detect", "--config", TINY, "--class", "3", "--out", str(tmp_path / "o"),
-                           "--pretrained", str(tmp_path / "weights.pth"))
+    code, _, err = cli("detect", "--config", TINY, "--class", "3", "--out", str(tmp_path / "o"),
+                       "--pretrained", str(tmp_path / "weights.pth"))
     refused(code, err, "weights.pth is not a readable weights file")
     unchanged(finished)
 
 
-def test_a_run_that_fails_in_training_keeps_the_previous_detector(finished, copy_of, capsys):
+def test_a_run_that_fails_in_training_keeps_the_previous_detector(finished, copy_of, cli):
     """A learning rate that makes the loss non-finite stops with the key to change; the good detector, metrics
     and config stay."""
     out, run = copy_of
     before = snapshot(run)
-    code, _, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet",
-                           "--set", "detector.lr=1e9", "--set", "detector.momentum=0.9")
+    code, _, err = cli("pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet",
+                       "--set", "detector.lr=1e9", "--set", "detector.momentum=0.9")
     refused(code, err, "detector.lr")
     after = snapshot(run)
     for name in ("detector/model.pt", "detector/bank.pt", "metrics.json", "scores.csv", "config.json", "report.html"):
@@ -250,11 +243,11 @@ def test_every_image_mode_is_read_as_8bit_rgb_by_scaling(tmp_path, mode):
 
 @pytest.mark.parametrize("setting", ["detector.k=3", "detector.threshold_quantile=0.9",
                                      "detector.feature_batch_size=7", "training.log_every=10"])
-def test_a_key_that_only_changes_scoring_does_not_retrain(finished, copy_of, capsys, setting):
+def test_a_key_that_only_changes_scoring_does_not_retrain(finished, copy_of, cli, setting):
     out, run = copy_of
     before = snapshot(run)
-    code, _, err = run_cli(capsys, "pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet",
-                           "--set", setting)
+    code, _, err = cli("pipeline", "--config", TINY, "--class", "3", "--out", str(out), "--quiet",
+                       "--set", setting)
     assert code == 0, err
     after = snapshot(run)
     for name in ("fakes.npy", "detector/model.pt", "sde/ckpt_10.pt"):
