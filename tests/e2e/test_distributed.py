@@ -136,11 +136,12 @@ def rank_of(pid: int) -> str | None:
 
 
 def test_torchrun_with_one_rank_killed_stops_the_other_in_bounded_time_and_resumes(tmp_path):
-    args = ["-m", "fitm", "generate", "--config", TINY, "--class", "5", "--quiet", "--set", "training.n_iters=200",
+    args = ["generate", "--config", TINY, "--class", "5", "--quiet", "--set", "training.n_iters=200",
             "--set", "training.snapshot_iters=(20, 100)", "--set", "fakes.checkpoint=last", "--out", str(tmp_path)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "--log-dir", str(tmp_path / "logs"), "--redirects", "3"]
-    job = subprocess.Popen([*launcher, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen([*launcher, "-m", "fitm", *args], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     wait_for(tmp_path / "digits/5/sde/ckpt_20.pt", job)
     rank_1 = next(pid for pid in descendants(job.pid) if rank_of(pid) == "1")
     os.kill(rank_1, signal.SIGKILL)
@@ -152,8 +153,7 @@ def test_torchrun_with_one_rank_killed_stops_the_other_in_bounded_time_and_resum
     assert err.count("Error: ") == 1 and "Traceback" not in err, err
     assert "stopped" in err.strip().splitlines()[-1]
 
-    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              *args], capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    resumed = fitm(*args, ranks=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "score model: resuming from" in (tmp_path / "digits/5/fitm.log").read_text()
     assert (tmp_path / "digits/5/fakes.npy").is_file()
