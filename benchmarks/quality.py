@@ -15,7 +15,8 @@ classes one-vs-all, every network from scratch. For each normal class and seed:
 `--study` adds the early-stop study: the detector fine-tuned on every snapshot's fakes, beside the config's choice.
 `--train-limit N` keeps the first N normal training images of each class (small sets). A cheap kind of fakes needs no
 score model, so it is measured once (`--set fakes.source=cutpaste --variants`, whose fitm column is then CutPaste's)
-and joined to every score model's rows on the same backbone with `--merge ... --reference cutpaste_normals=CSV`.
+and joined to every score model's rows on the same backbone with `--merge ... --reference cutpaste_normals=CSV`;
+a variant column another run measured on the same backbone joins the same way (`--reference noised_normals=CSV`).
 
     OMP_NUM_THREADS=1 python benchmarks/quality.py --pretrained runs/pretrained/vit_c10_5to9.pth \\
         --classes 0 1 2 3 4 --seeds 0 1 --study --out runs/quality-pretrained
@@ -240,7 +241,8 @@ def read_rows(path: Path) -> list[dict]:
 
 def fill_from_reference(rows: list[dict], spec: str) -> None:
     """--reference COLUMN=CSV: a cheap fake's AUROCs, measured once, beside every score model's rows. They pair
-    only on the same backbone, so the two files' kNN AUROCs must agree class-seed by class-seed."""
+    only on the same backbone, so the two files' kNN AUROCs must agree class-seed by class-seed. The CSV is a run
+    with that fakes.source (its fitm is the cheap fake's) or a score model's run that measured COLUMN as a variant."""
     column, _, path = spec.partition("=")
     if column not in CHEAP or not path:
         raise FitmError(f"--reference {spec!r}: expected COLUMN=CSV with COLUMN one of {', '.join(CHEAP)}")
@@ -253,7 +255,13 @@ def fill_from_reference(rows: list[dict], spec: str) -> None:
             raise FitmError(f"--reference {path}: {row['class']} seed {int(row['seed'])} has the backbone's kNN "
                             f"{100 * other['pretrained_knn']:.2f} against {100 * row['pretrained_knn']:.2f}: "
                             "another backbone, so the rows do not pair")
-        row[column] = other["fitm"]
+        if not np.isnan(other.get(column, np.nan)):
+            row[column] = other[column]
+        elif np.isnan(other.get("fakes_step", np.nan)):  # no score model: a cheap fakes.source's run
+            row[column] = other["fitm"]
+        else:
+            raise FitmError(f"--reference {path}: {row['class']} seed {int(row['seed'])} is a score model's run "
+                            f"without {column}")
 
 
 def main() -> None:
@@ -273,8 +281,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="CSV", help="only join earlier quality.csv files")
     parser.add_argument("--reference", action="append", default=[], metavar="COLUMN=CSV",
-                        help="with --merge: a quality.csv run with that cheap column's fakes.source; its fitm fills "
-                             "COLUMN of the rows of the same class and seed (cheap fakes need no score model)")
+                        help="with --merge: a quality.csv run with that cheap column's fakes.source (its fitm) or "
+                             "one that measured COLUMN fills COLUMN of the rows of the same class and seed")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="airplane, seed 0, --study (with late_fakes), on tiny "
                                                              "synthetic data and a few steps, in a temporary "

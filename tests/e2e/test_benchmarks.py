@@ -343,6 +343,28 @@ def test_quality_merge_fills_a_cheap_column_from_a_reference_run_on_the_same_bac
         quality.measure(args)
 
 
+def test_quality_merge_fills_a_variant_column_from_another_score_models_run(tmp_path):
+    """The noised normals one run measured pair with another run's rows; a score model's run that did not measure
+    the column is refused rather than lending its own fitm."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    from fitm.errors import FitmError
+
+    common = {"class": "airplane", "seed": 0, "pretrained_knn": 0.70, "pixel_knn": 0.6, "degenerate": 0.0,
+              "detector_balanced_accuracy": 0.6, "fakes_step": 12000.0}
+    quality.save_csv([{**common, "fitm": 0.80, "noised_normals": float("nan")}], tmp_path / "long.csv")
+    quality.save_csv([{**common, "fitm": 0.78, "noised_normals": 0.76}], tmp_path / "short.csv")
+    args = SimpleNamespace(merge=[tmp_path / "long.csv"], seeds=None, out=tmp_path / "out",
+                           reference=[f"noised_normals={tmp_path / 'short.csv'}"])
+    quality.measure(args)
+    assert "| noised_normals | +4.00 | 1 of 1 class-seeds |" in (tmp_path / "out/quality.md").read_text()
+
+    args.reference = [f"cutpaste_normals={tmp_path / 'short.csv'}"]
+    with pytest.raises(FitmError, match="airplane seed 0 is a score model's run without cutpaste_normals"):
+        quality.measure(args)
+
+
 def test_quality_refuses_a_reference_without_merge(monkeypatch, capsys):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import quality
