@@ -8,8 +8,6 @@ from fitm.configs.default import get_config
 from fitm.detector.backbone import create_backbone, features, freeze
 from fitm.errors import FitmError
 
-torch.set_num_threads(2)
-
 ARCH = {"patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
 

@@ -16,7 +16,6 @@ from fitm.errors import FitmError
 from fitm.knn import knn_scores
 from fitm.runtime import Runtime
 
-torch.set_num_threads(2)
 CPU = torch.device("cpu")
 RUNTIME = Runtime.local("cpu", quiet=True)
 

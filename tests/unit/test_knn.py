@@ -4,8 +4,6 @@ import torch
 from fitm.knn import knn_scores
 from fitm.errors import FitmError
 
-torch.set_num_threads(2)
-
 
 def brute_force(queries, bank, k):
     return torch.cdist(queries.double(), bank.double()).square().topk(k, dim=1, largest=False).values.sum(1)
